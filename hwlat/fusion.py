@@ -1,0 +1,59 @@
+"""Fusion rules as data.
+
+A rule ``[chain, op]`` says: a kernel whose op chain so far is ``chain`` (e.g. ``conv-add``)
+absorbs the next node when that node is ``op`` (e.g. ``relu``) and is the chain's only consumer.
+``groups`` names structural patterns that run as one kernel (``se``: squeeze-excite from its
+pooling to its gating multiply; ``shuffle``: reshape-transpose-reshape channel shuffle).
+
+Defaults live in ``hwlat/fusion_rules/<backend>.json`` (or the backend's own folder); rules
+detected by measurement on a device are stored in its ``device.json`` and take precedence.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    backend: str
+    fuse: frozenset = field(default_factory=frozenset)      # {(chain, op)}
+    groups: frozenset = field(default_factory=lambda: frozenset({"se", "shuffle"}))
+    source: str = ""
+
+    def absorbs(self, chain: str, op: str) -> bool:
+        return (chain, op) in self.fuse
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "fuse": sorted([list(p) for p in self.fuse]),
+                "groups": sorted(self.groups), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FusionRules":
+        return cls(d.get("backend", "?"), frozenset(tuple(p) for p in d.get("fuse", [])),
+                   frozenset(d.get("groups", ["se", "shuffle"])), d.get("source", ""))
+
+
+def _backend_file(backend: str) -> Path | None:
+    # a backend may ship its own measured defaults next to its code
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "profilers" / backend / "fusion_rules.json"]
+    try:
+        candidates.append(Path(str(resources.files("hwlat.profilers"))) / backend / "fusion_rules.json")
+    except Exception:  # noqa: BLE001 - profilers not importable: fall through
+        pass
+    candidates.append(here / "fusion_rules" / f"{backend}.json")
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def default_rules(backend: str) -> FusionRules:
+    path = _backend_file(backend) or (Path(__file__).resolve().parent / "fusion_rules" / "generic.json")
+    d = json.loads(path.read_text())
+    d["backend"] = backend
+    return FusionRules.from_dict(d)

@@ -1,0 +1,195 @@
+"""Kernel key -> a real single-kernel ONNX model (NCHW, float32, random weights).
+
+Every backend builds its kernel artifacts from these graphs (ONNX Runtime runs them directly;
+LiteRT and TVM compile them), so one kernel means the same computation on every runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from hwlat.errors import HwlatError
+from hwlat.kernels import Kernel, parse_key
+
+OPSET = 17
+
+
+def _nchw(shape: tuple, batch: int) -> list[int]:
+    if len(shape) == 3:
+        h, w, c = shape
+        return [batch, c, h, w]
+    return [batch, *shape]
+
+
+class _G:
+    """Tiny graph builder."""
+
+    def __init__(self, seed: int):
+        self.nodes, self.inits, self.n = [], [], 0
+        self.rng = np.random.default_rng(seed)
+
+    def name(self, p: str) -> str:
+        self.n += 1
+        return f"{p}{self.n}"
+
+    def const(self, arr, p="w") -> str:
+        n = self.name(p)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), n))
+        return n
+
+    def weight(self, shape, fan_in) -> str:
+        return self.const((self.rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(np.float32))
+
+    def node(self, op, inputs, **attrs) -> str:
+        out = self.name("t")
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+    def act(self, kind: str, x: str) -> str:
+        if kind == "relu":
+            return self.node("Relu", [x])
+        if kind == "relu6":
+            return self.node("Clip", [x, self.const(np.float32(0), "lo"), self.const(np.float32(6), "hi")])
+        if kind == "clip":
+            return self.node("Clip", [x, self.const(np.float32(-1), "lo"), self.const(np.float32(1), "hi")])
+        if kind == "hswish":
+            return self.node("HardSwish", [x])
+        if kind == "hsigmoid":
+            return self.node("HardSigmoid", [x], alpha=1 / 6, beta=0.5)
+        if kind == "sigmoid":
+            return self.node("Sigmoid", [x])
+        if kind == "silu":
+            return self.node("Mul", [x, self.node("Sigmoid", [x])])
+        if kind == "tanh":
+            return self.node("Tanh", [x])
+        if kind == "leakyrelu":
+            return self.node("LeakyRelu", [x], alpha=0.1)
+        raise HwlatError(f"no ONNX builder for activation '{kind}'")
+
+    def conv(self, x, cin, cout, k, s, g, pads, d=1, kw=None) -> str:
+        kw = kw or k
+        w = self.weight((cout, cin // g, k, kw), cin // g * k * kw)
+        b = self.const((self.rng.standard_normal(cout) * 0.1).astype(np.float32), "b")
+        return self.node("Conv", [x, w, b], kernel_shape=[k, kw], strides=[s, s], group=g, pads=pads,
+                         dilations=[d, d])
+
+
+def _pads(hin, win, hout, wout, k, s, d=1, kw=None) -> list[int]:
+    kw = kw or k
+    ph = max(0, (hout - 1) * s + d * (k - 1) + 1 - hin)
+    pw = max(0, (wout - 1) * s + d * (kw - 1) + 1 - win)
+    return [ph // 2, pw // 2, ph - ph // 2, pw - pw // 2]
+
+
+def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
+    """A single-kernel ONNX model for a kernel or key."""
+    k = parse_key(kernel) if isinstance(kernel, str) else kernel
+    b = k.attr("b", 1)
+    G = _G(seed)
+    in_names = [f"x{i}" for i in range(len(k.inputs))]
+    in_shapes = [_nchw(s, b) for s in k.inputs]
+    x = in_names[0]
+    parts = k.op.split("-")
+    base, rest = parts[0], parts[1:]
+    out_nchw = _nchw(k.output, b)
+
+    if base == "conv":
+        (hin, win, cin), (hout, wout, cout) = k.inputs[0], k.output
+        ks, s, g, d, kw = k.attr("k", 1), k.attr("s", 1), k.attr("g", 1), k.attr("d", 1), k.attr("kw")
+        y = G.conv(x, cin, cout, ks, s, g, _pads(hin, win, hout, wout, ks, s, d, kw), d, kw)
+        extra = iter(in_names[1:])
+        for r in rest:
+            y = G.node("Add", [y, next(extra)]) if r == "add" else G.act(r, y)
+    elif base == "gemm":
+        cin, cout = k.inputs[0][-1], k.output[-1]
+        y = G.node("Gemm", [x, G.weight((cout, cin), cin), G.const(np.zeros(cout, np.float32), "b")], transB=1)
+        for r in rest:
+            y = G.act(r, y)
+    elif base in ("add", "mul"):
+        y = G.node("Add" if base == "add" else "Mul", [x, in_names[1]])
+        for r in rest:
+            y = G.act(r, y)
+    elif base in ("addc", "mulc"):
+        c = in_shapes[0][1]
+        cst = G.const((G.rng.standard_normal((1, c) + (1,) * (len(in_shapes[0]) - 2))).astype(np.float32), "c")
+        y = G.node("Add" if base == "addc" else "Mul", [x, cst])
+        for r in rest:
+            y = G.act(r, y)
+    elif base in ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "tanh", "leakyrelu", "clip"):
+        y = G.act(base, x)
+        for r in rest:
+            y = G.act(r, y)
+    elif base == "se":
+        c, m = k.inputs[0][-1], k.attr("m", 1)
+        acts = rest or ["relu", "hsigmoid"]
+        p = G.node("GlobalAveragePool", [x])
+        h = G.act(acts[0], G.conv(p, c, m, 1, 1, 1, [0, 0, 0, 0]))
+        gt = G.conv(h, m, c, 1, 1, 1, [0, 0, 0, 0])
+        gt = G.act(acts[1] if len(acts) > 1 else "hsigmoid", gt)
+        y = G.node("Mul", [x, gt])
+    elif base == "gap":
+        y = G.node("GlobalAveragePool", [x])
+    elif base == "gmp":
+        y = G.node("GlobalMaxPool", [x])
+    elif base in ("maxpool", "avgpool"):
+        (hin, win, _), (hout, wout, _) = k.inputs[0], k.output
+        ks, s = k.attr("k", 1), k.attr("s", 1)
+        y = G.node("MaxPool" if base == "maxpool" else "AveragePool", [x], kernel_shape=[ks, ks],
+                   strides=[s, s], pads=_pads(hin, win, hout, wout, ks, s))
+    elif base == "concat":
+        y = G.node("Concat", in_names, axis=1)
+    elif base == "split":
+        n = k.attr("n", 2)
+        sizes = G.const(np.array([in_shapes[0][1] // n] * n, np.int64), "split")
+        outs = [G.name("t") for _ in range(n)]
+        G.nodes.append(helper.make_node("Split", [x, sizes], outs, axis=1, name=G.name("Split")))
+        y = outs[0]
+        out_nchw = _nchw(k.output, b)
+        extra_outputs = outs[1:]
+    elif base == "slice":
+        axis = next((i for i, (a, o) in enumerate(zip(in_shapes[0], out_nchw)) if a != o), 1)
+        y = G.node("Slice", [x, G.const(np.array([0], np.int64), "st"),
+                             G.const(np.array([out_nchw[axis]], np.int64), "en"),
+                             G.const(np.array([axis], np.int64), "ax")])
+    elif base == "reshape":
+        y = G.node("Reshape", [x, G.const(np.array(out_nchw, np.int64), "shape")])
+    elif base == "transpose":
+        perm = [0, 1, 3, 2] if len(in_shapes[0]) == 4 else list(range(len(in_shapes[0])))[::-1]
+        y = G.node("Transpose", [x], perm=perm)
+    elif base == "shuffle":
+        gr = k.attr("g", 2)
+        n, c, h, w = in_shapes[0]
+        t = G.node("Reshape", [x, G.const(np.array([n, gr, c // gr, h, w], np.int64), "shape")])
+        t = G.node("Transpose", [t], perm=[0, 2, 1, 3, 4])
+        y = G.node("Reshape", [t, G.const(np.array([n, c, h, w], np.int64), "shape")])
+    elif base == "pad":
+        diff = [o - i for i, o in zip(in_shapes[0], out_nchw)]
+        pads = [0, 0, diff[2] // 2, diff[3] // 2, 0, 0, diff[2] - diff[2] // 2, diff[3] - diff[3] // 2]
+        y = G.node("Pad", [x, G.const(np.array(pads, np.int64), "pads")])
+    elif base == "softmax":
+        y = G.node("Softmax", [x], axis=-1)
+    else:
+        raise HwlatError(f"no ONNX builder for kernel op '{k.op}' (key {k.key})")
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(in_names, in_shapes)]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, out_nchw)]
+    if base == "split":
+        outputs += [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in extra_outputs]
+    graph = helper.make_graph(G.nodes, k.key[:200], inputs, outputs, G.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hwlat")
+    model.ir_version = 8
+    return model
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds

@@ -1,0 +1,347 @@
+"""The profile job: measure kernels into a device's store within a budget, then fit its predictor.
+
+Order of work (each step resumable; every measurement committed as it is made):
+1. calibrate the per-call overhead and the drift reference;
+2. kernels in chunks, most informative first; each chunk is measured in ``protocol.passes``
+   shuffled, interleaved passes, the reference kernel timed before each pass (a slow spell of the
+   host shows there, and the pass is taken again);
+3. a few whole architectures of the space measured end to end (interleaved passes) to fit the
+   whole-model correction;
+4. fit the regressors and write ``lut.csv`` and ``predictor/``.
+Backends, predictors and spaces are imported here lazily: the core imports none at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwlat.device import DeviceConfig, host_facts
+from hwlat.errors import HwlatError
+from hwlat.fusion import FusionRules
+from hwlat.kernel_onnx import kernel_model
+from hwlat.kernels import parse_key
+from hwlat.protocol import Protocol, combine_passes
+from hwlat.store import DeviceStore, resolve_lut_dir
+
+REFERENCE_KEY = "conv-relu_i28x28x64_o28x28x64_k3_s1_g1"
+OVERHEAD_KEY = "relu_i1x1x8_o1x1x8"
+CHUNK = 120
+SLOW_SPELL = 1.12        # a pass whose reference runs this much slower than usual is taken again
+
+
+@dataclass
+class ProfileSummary:
+    device: str
+    backend: str
+    kernels_planned: int = 0
+    kernels_measured: int = 0
+    measurements: int = 0
+    models_measured: int = 0
+    errors: int = 0
+    repeated_passes: int = 0
+    minutes: float = 0.0
+    interrupted: bool = False
+    budget_exhausted: bool = False
+    fit: dict = field(default_factory=dict)
+    curve: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _check_config(store: DeviceStore, config: DeviceConfig) -> None:
+    old = store.manifest().get("device")
+    if not old:
+        return
+    old_cfg = DeviceConfig.from_dict(old)
+    for f in ("backend", "threads", "precision", "target"):
+        if getattr(old_cfg, f) != getattr(config, f) and getattr(config, f) is not None:
+            raise HwlatError(
+                f"device '{config.name}' was profiled with {f}={getattr(old_cfg, f)!r}, not {getattr(config, f)!r}: "
+                f"a device is one configuration; choose another --device name")
+
+
+class Job:
+    def __init__(self, config: DeviceConfig, *, spaces=(), models_dir=None, budget_minutes: float = 10.0,
+                 lut_dir=None, protocol: Protocol | None = None, prior: int = 1200, arch_samples: int = 24,
+                 detect_fusion: bool = True, seed: int = 0, progress: bool = True):
+        from hwlat.profilers import get_backend
+
+        if budget_minutes is None or budget_minutes <= 0:
+            raise HwlatError(f"--budget-minutes must be positive (got {budget_minutes}); e.g. --budget-minutes 10")
+        self.config = config
+        self.backend = get_backend(config.backend)
+        self.spaces = list(spaces)
+        self.models_dir = models_dir
+        self.budget_s = float(budget_minutes) * 60.0
+        self.lut_dir = resolve_lut_dir(lut_dir)
+        self.protocol = protocol or Protocol(warmup_ms=5.0, trials=5, min_trial_ms=1.5)
+        self.prior = prior
+        self.arch_samples = arch_samples
+        self.detect_fusion = detect_fusion
+        self.seed = seed
+        self.progress = progress
+        self.session_id = uuid.uuid4().hex[:8]
+        self.t0 = time.monotonic()
+        from hwlat.search import spaces as _spaces
+
+        self.space_objs = [_spaces.get(s) for s in self.spaces]   # unknown names fail before any write
+
+    # -- helpers -----------------------------------------------------------------------------
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.t0)
+
+    def _measure_keys(self, keys: list[str], protocol: Protocol) -> dict:
+        builder = self.backend.builder(self.config, self.store.path)
+        from hwlat.profilers.base import BuildInput
+
+        builds = builder.build([BuildInput(k, kernel_model(k)) for k in keys])
+        runner = self.backend.runner(self.config)
+        try:
+            return {r.key: r for r in runner.run(builds, protocol)}
+        finally:
+            runner.close()
+
+    def _reference_ms(self) -> float | None:
+        r = self._measure_keys([REFERENCE_KEY], self.protocol).get(REFERENCE_KEY)
+        if r is None or r.measurement is None:
+            return None
+        self.store.add_reference(r.measurement.median_ms, self.session_id)
+        return r.measurement.median_ms
+
+    # -- steps -------------------------------------------------------------------------------
+    def calibrate(self) -> dict:
+        m = self.store.manifest()
+        if "call_overhead_ms" in m:
+            return m
+        vals = []
+        for _ in range(5):
+            r = self._measure_keys([OVERHEAD_KEY], self.protocol)[OVERHEAD_KEY]
+            if r.measurement:
+                vals.append(r.measurement.median_ms)
+        m["call_overhead_ms"] = float(np.median(vals)) if vals else 0.0
+        self.store.write_manifest(m)
+        return m
+
+    def plan(self) -> list[tuple[str, str]]:
+        """(key, source) in measurement order; stored once so a re-run resumes the same plan."""
+        existing = self.store.kernels()
+        if not existing.empty and self.store.manifest().get("plan_complete"):
+            order = existing.sort_values("added", kind="stable")
+            return list(zip(order["key"], order["source"]))
+        from hwlat.profilers.sampling import dir_kernels, prior_kernels, space_kernels
+
+        rules = self.rules
+        plan: list[tuple[str, str]] = []
+        if self.models_dir:
+            plan += [(k, "models") for k in dir_kernels(self.models_dir, rules)]
+        prior = [(k, "prior") for k in prior_kernels(rules, self.prior, seed=self.seed)]
+        space_keys = []
+        for sp in self.space_objs:
+            space_keys += [(k, f"space:{sp.name}") for k in space_kernels(sp, rules, seed=self.seed)]
+        # interleave: a broad prior early so every kernel type gets a regressor, then alternate
+        head, prior = prior[:300], prior[300:]
+        plan += head
+        while prior or space_keys:
+            plan += space_keys[:3 * CHUNK]
+            space_keys = space_keys[3 * CHUNK:]
+            plan += prior[:CHUNK]
+            prior = prior[CHUNK:]
+        seen, uniq = set(), []
+        for k, s in plan:
+            if k not in seen:
+                seen.add(k)
+                uniq.append((k, s))
+        rows = []
+        for k, s in uniq:
+            kern = parse_key(k)
+            rows.append((k, kern.op, kern.kind, s))
+        # insert in order with increasing timestamps so the stored plan keeps its order
+        for i in range(0, len(rows), 500):
+            self.store.add_kernels(rows[i:i + 500])
+            time.sleep(0.002)
+        m = self.store.manifest()
+        m["plan_complete"] = True
+        self.store.write_manifest(m)
+        return uniq
+
+    def measure_kernels(self, plan, bar) -> None:
+        done = self.store.done_passes()
+        passes = self.protocol.passes
+        todo = [k for k, _ in plan if len(done.get(k, set())) < passes]
+        rng = np.random.default_rng(self.seed + len(done))
+        baseline = self.store.reference_median()
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start:start + CHUNK]
+            for p in range(passes):
+                keys = [k for k in chunk if p not in done.get(k, set())]
+                if not keys:
+                    continue
+                if self.left() < self.reserve_s:
+                    self.summary.budget_exhausted = True
+                    return
+                rng.shuffle(keys)
+                for attempt in range(3):
+                    ref = self._reference_ms()
+                    if baseline is None and ref is not None:
+                        baseline = ref
+                    if ref is None or baseline is None or ref <= SLOW_SPELL * baseline:
+                        break
+                    self.summary.repeated_passes += 1
+                    time.sleep(1.0)   # let a slow spell pass before taking the pass
+                results = self._measure_iter(keys)
+                for r in results:
+                    self.store.add_measurement(r.key, p, r.measurement, error=r.error, worker=r.worker,
+                                               session=self.session_id)
+                    done.setdefault(r.key, set()).add(p)
+                    self.summary.measurements += 1
+                    self.summary.errors += r.error is not None
+                    bar(advance=1.0 / passes)
+                    if self.left() < self.reserve_s:
+                        self.summary.budget_exhausted = True
+                        return
+
+    def _measure_iter(self, keys):
+        from hwlat.profilers.base import BuildInput
+
+        builder = self.backend.builder(self.config, self.store.path)
+        runner = self.backend.runner(self.config)
+        try:
+            for i in range(0, len(keys), 16):
+                builds = builder.build([BuildInput(k, kernel_model(k)) for k in keys[i:i + 16]])
+                yield from runner.run(builds, self.protocol)
+        finally:
+            runner.close()
+
+    def measure_archs(self, bar) -> None:
+        """Whole architectures of the profiled spaces (interleaved passes) for the correction."""
+        if not self.space_objs or self.arch_samples <= 0:
+            return
+        from hwlat.ir import load_onnx, torch_to_onnx
+        from hwlat.profilers.base import BuildInput
+
+        have = self.store.model_measurements()
+        counts = have.groupby("name")["pass"].nunique().to_dict() if not have.empty else {}
+        per_space = max(1, self.arch_samples // len(self.space_objs))
+        items = []
+        for sp in self.space_objs:
+            for i, a in enumerate(sp.sample(per_space, seed=self.seed + 1000)):
+                name = f"{sp.name}-cal-{i:03d}"
+                if counts.get(name, 0) < self.protocol.passes:
+                    items.append((name, sp, a))
+        if not items:
+            return
+        builder = self.backend.builder(self.config, self.store.path)
+        built = {}
+        for name, sp, a in items:
+            if self.left() < 0.4 * self.reserve_s:
+                return
+            proto = load_onnx(torch_to_onnx(sp.build(a), sp.input_shape(a)), canonical=False)
+            proto.graph.name = name
+            built[name] = (builder.build([BuildInput(name, proto, kind="model")])[0], sp.key(a), sp.name)
+        runner = self.backend.runner(self.config)
+        rng = np.random.default_rng(self.seed)
+        try:
+            for p in range(self.protocol.passes):
+                names = [n for n in built if counts.get(n, 0) <= p]
+                rng.shuffle(names)
+                for n in names:
+                    if self.left() < 0.2 * self.reserve_s:
+                        return
+                    b, key, family = built[n]
+                    for r in runner.run([b], self.protocol):
+                        self.store.add_model_measurement(n, family, p, r.measurement, kernels=[key], error=r.error,
+                                                         session=self.session_id)
+                        self.summary.models_measured += r.measurement is not None
+                    bar(advance=0)
+        finally:
+            runner.close()
+
+    # -- entry -------------------------------------------------------------------------------
+    def run(self) -> ProfileSummary:
+        from hwlat.profilers import get_backend  # noqa: F401 - backend checked in __init__
+
+        self.summary = ProfileSummary(self.config.name, self.config.backend)
+        self.store = DeviceStore.create(self.config, self.lut_dir)
+        self.store.lock()
+        try:
+            _check_config(self.store, self.config)
+            m = self.store.manifest()
+            m.update({"device": self.config.to_dict(), "versions": self.backend.versions(),
+                      "host": host_facts(), "protocol": self.protocol.to_dict()})
+            m.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            m["spaces"] = sorted(set(m.get("spaces", [])) | set(self.spaces))
+            self.store.write_manifest(m)
+            # time kept back for whole-model measurements and fitting
+            self.reserve_s = min(0.25 * self.budget_s, 30.0 + 4.0 * self.arch_samples)
+            with _progress(self.progress) as prog:
+                task = prog.add_task("calibrating", total=None)
+                if self.detect_fusion and "fusion_rules" not in self.store.manifest():
+                    from hwlat.profilers.fusion_detect import detect_rules
+
+                    rules = detect_rules(self.backend, self.config, self.store.path, self.protocol,
+                                         budget_s=min(60.0, 0.1 * self.budget_s))
+                    m = self.store.manifest()
+                    m["fusion_rules"] = rules.to_dict()
+                    self.store.write_manifest(m)
+                fr = self.store.manifest().get("fusion_rules")
+                self.rules = FusionRules.from_dict(fr) if fr else self.backend.default_fusion_rules()
+                self.calibrate()
+                prog.update(task, description="planning kernels")
+                plan = self.plan()
+                self.summary.kernels_planned = len(plan)
+                done = self.store.done_passes()
+                prog.update(task, description=f"measuring {self.config.name}", total=len(plan),
+                            completed=sum(min(len(done.get(k, ())), self.protocol.passes) for k, _ in plan)
+                            / self.protocol.passes)
+                self.measure_kernels(plan, lambda advance: prog.update(task, advance=advance))
+                prog.update(task, description="measuring whole architectures")
+                self.measure_archs(lambda advance: prog.update(task, advance=advance))
+                prog.update(task, description="fitting predictor")
+            self.fit()
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            with contextlib.suppress(Exception):
+                self.store.export_lut()
+        finally:
+            self.summary.minutes = (time.monotonic() - self.t0) / 60.0
+            self.summary.kernels_measured = int(len(self.store.lut())) if self.store.conn else 0
+            self.store.close()
+        return self.summary
+
+    def fit(self) -> None:
+        from hwlat.predictors.fit import fit_device
+
+        self.summary.fit = fit_device(self.store)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        class _Null:
+            def add_task(self, *a, **k):
+                return 0
+
+            def update(self, *a, **k):
+                pass
+
+        yield _Null()
+        return
+    import sys
+
+    from rich.console import Console
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(file=sys.stderr), transient=False) as p:
+        yield p
+
+
+def combine(values):  # re-exported for tests
+    return combine_passes(values)

@@ -1,0 +1,165 @@
+"""The one timing protocol every backend follows.
+
+Warm-up, then ``trials`` timed trials of ``number`` runs each (``number`` calibrated so a trial
+lasts at least ``min_trial_ms``), median reported with p10/p90; when the spread is above
+``max_spread`` the trials are taken again (up to ``max_retries`` times) and the least spread set
+is kept. Backends only supply a :class:`TimedSession` that can run its artifact ``number`` times
+and say how long that took; everything statistical lives here.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Measurement protocol (stored with every measurement)."""
+
+    warmup_ms: float = 20.0          # run at least this long (and at least 2 runs) before timing
+    trials: int = 5                  # timed trials per measurement
+    min_trial_ms: float = 2.0        # each trial runs `number` calls lasting at least this
+    max_number: int = 1000           # cap on calls per trial
+    max_spread: float = 0.10         # (p90 - p10) / median above this -> measure again
+    max_retries: int = 2
+    passes: int = 3                  # shuffled, interleaved passes over a set of kernels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Protocol":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def quick(cls) -> "Protocol":
+        """For tests: fewer, shorter trials."""
+        return cls(warmup_ms=2.0, trials=3, min_trial_ms=0.5, max_retries=0, passes=1)
+
+
+@dataclass
+class Measurement:
+    """One latency measurement, in milliseconds per run."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    trials_ms: list[float] = field(default_factory=list)
+    backend: str = ""
+    threads: int = 1
+    retries: int = 0
+
+    @property
+    def spread(self) -> float:
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spread"] = self.spread
+        return d
+
+
+class TimedSession(abc.ABC):
+    """A loaded, runnable artifact (Polygraphy-style lifecycle: activate / time / deactivate).
+
+    Subclasses implement the ``_impl`` hooks only; the base class enforces the lifecycle.
+    """
+
+    backend: str = ""
+    threads: int = 1
+
+    def __init__(self) -> None:
+        self._active = False
+
+    def activate(self) -> "TimedSession":
+        if not self._active:
+            self._activate_impl()
+            self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self._active:
+            try:
+                self._deactivate_impl()
+            finally:
+                self._active = False
+
+    def __enter__(self) -> "TimedSession":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def time_runs(self, number: int) -> float:
+        """Run the artifact ``number`` times back to back; return elapsed seconds."""
+        if not self._active:
+            raise RuntimeError("session used before activate()")
+        return self._time_runs_impl(number)
+
+    def infer(self, feeds: dict | None = None):
+        """Run once and return outputs (for numerical checks)."""
+        if not self._active:
+            raise RuntimeError("session used before activate()")
+        return self._infer_impl(feeds)
+
+    @abc.abstractmethod
+    def _activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def _time_runs_impl(self, number: int) -> float: ...
+
+    def _infer_impl(self, feeds):  # pragma: no cover - optional
+        raise NotImplementedError
+
+    def _deactivate_impl(self) -> None:
+        pass
+
+
+def _stats(samples: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(samples)
+    return float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
+
+
+def measure_session(session: TimedSession, protocol: Protocol = Protocol()) -> Measurement:
+    """Time an *active* session with the protocol."""
+    # warm-up, which also estimates the per-run time used to pick `number`
+    elapsed, runs = 0.0, 0
+    while runs < 2 or elapsed * 1e3 < protocol.warmup_ms:
+        elapsed += session.time_runs(1)
+        runs += 1
+        if runs >= protocol.max_number:
+            break
+    per_run_ms = max(elapsed * 1e3 / runs, 1e-4)
+    number = int(min(protocol.max_number, max(1, np.ceil(protocol.min_trial_ms / per_run_ms))))
+
+    best: tuple[float, list[float]] | None = None
+    retries = 0
+    for attempt in range(protocol.max_retries + 1):
+        trials = [session.time_runs(number) * 1e3 / number for _ in range(protocol.trials)]
+        med, p10, p90 = _stats(trials)
+        spread = (p90 - p10) / med if med > 0 else 0.0
+        if best is None or spread < best[0]:
+            best = (spread, trials)
+        retries = attempt
+        if spread <= protocol.max_spread:
+            break
+    trials = best[1]
+    med, p10, p90 = _stats(trials)
+    return Measurement(
+        median_ms=med, p10_ms=p10, p90_ms=p90, runs=number * len(trials), trials_ms=trials,
+        backend=session.backend, threads=session.threads, retries=retries,
+    )
+
+
+def combine_passes(values_ms: list[float]) -> float:
+    """The value of a kernel measured in several interleaved passes: their median."""
+    return float(np.median(np.asarray(values_ms)))
+
+
+def now() -> float:
+    return time.time()

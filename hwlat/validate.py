@@ -1,0 +1,148 @@
+"""Validation: measure held-out models on the device's backend and compare with its predictor.
+
+The ground truth is robust: each model is measured in ``passes`` shuffled, interleaved passes
+(fresh session each time) and the median taken, as MEASUREMENT.md asks. Figures: RMSPE, share
+within +-5% and +-10%, Spearman, per family and overall.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hwlat.errors import HwlatError
+from hwlat.protocol import Protocol
+
+
+def metrics(measured, predicted) -> dict:
+    from scipy.stats import spearmanr
+
+    y, p = np.asarray(measured, float), np.asarray(predicted, float)
+    if len(y) == 0:
+        return {"n": 0}
+    err = (p - y) / y
+    out = {"n": int(len(y)), "rmspe": float(np.sqrt(np.mean(err ** 2))),
+           "acc_5pct": float(np.mean(np.abs(err) <= 0.05)), "acc_10pct": float(np.mean(np.abs(err) <= 0.10)),
+           "bias": float(np.median(p / y))}
+    out["spearman"] = float(spearmanr(y, p).statistic) if len(y) > 2 else float("nan")
+    return out
+
+
+def zoo_onnx(folder: Path, families=None, ofa_count: int = 20, seed: int = 0) -> list[tuple[str, str, Path]]:
+    """(name, family, path) of the validation zoo exported to ``folder`` (re-used when present)."""
+    from hwlat import zoo
+
+    out = []
+    for m in zoo.models(families=families, seed=seed, ofa_count=ofa_count):
+        path = Path(folder) / f"{m.name}.onnx"
+        if not path.is_file():
+            zoo.export_onnx(m, path)
+        out.append((m.name, m.family, path))
+    return out
+
+
+def measure_models(items, config, passes: int = 3, protocol: Protocol | None = None, seed: int = 0,
+                   progress=None) -> dict[str, float]:
+    """Median over ``passes`` interleaved passes of each model's latency (ms)."""
+    from hwlat.ir import load_onnx
+    from hwlat.profilers import get_backend
+    from hwlat.profilers.base import BuildInput
+
+    protocol = protocol or Protocol(warmup_ms=20.0, trials=5, min_trial_ms=5.0)
+    be = get_backend(config.backend)
+    rng = np.random.default_rng(seed)
+    times: dict[str, list[float]] = {n: [] for n, _, _ in items}
+    with tempfile.TemporaryDirectory() as tmp:
+        builder = be.builder(config, Path(tmp))
+        builds = {}
+        for name, _, path in items:
+            proto = load_onnx(path, canonical=False)
+            proto.graph.name = name
+            builds[name] = builder.build([BuildInput(name, proto, kind="model")])[0]
+        for p in range(passes):
+            order = list(builds)
+            rng.shuffle(order)
+            runner = be.runner(config)
+            try:
+                for name in order:
+                    for r in runner.run([builds[name]], protocol):
+                        if r.measurement is not None:
+                            times[name].append(r.measurement.median_ms)
+                        elif progress:
+                            progress(f"{name}: {r.error}")
+                    if progress:
+                        progress(None)
+            finally:
+                runner.close()
+    return {n: float(np.median(v)) for n, v in times.items() if v}
+
+
+def validate(device: str, *, lut_dir=None, models_dir=None, families=None, passes: int = 3, plot=None,
+             ofa_count: int = 20, cache_dir=None, progress=None) -> dict:
+    """Measure held-out models on ``device``'s backend; compare with its predictor."""
+    from hwlat.api import load_predictor
+
+    pred = load_predictor(device, lut_dir=lut_dir)
+    from hwlat.device import DeviceConfig
+
+    config = DeviceConfig.from_dict(pred.manifest["device"])
+    if models_dir:
+        files = sorted(Path(models_dir).glob("*.onnx"))
+        if not files:
+            raise HwlatError(f"--models {models_dir}: no .onnx files found there")
+        items = [(f.stem, "models", f) for f in files]
+    else:
+        folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "hwlat-zoo"
+        folder.mkdir(parents=True, exist_ok=True)
+        items = zoo_onnx(folder, families, ofa_count)
+    predicted = {name: pred.predict(path) for name, _, path in items}
+    measured = measure_models(items, config, passes=passes, progress=progress)
+    rows = [{"name": n, "family": f, "measured_ms": measured[n], "predicted_ms": predicted[n],
+             "error": (predicted[n] - measured[n]) / measured[n]} for n, f, _ in items if n in measured]
+    overall = metrics([r["measured_ms"] for r in rows], [r["predicted_ms"] for r in rows])
+    fams = {}
+    for fam in sorted({r["family"] for r in rows}):
+        sel = [r for r in rows if r["family"] == fam]
+        fams[fam] = metrics([r["measured_ms"] for r in sel], [r["predicted_ms"] for r in sel])
+    result = {"device": device, "n_models": overall.get("n", 0), "rmspe": overall.get("rmspe"),
+              "acc_5pct": overall.get("acc_5pct"), "acc_10pct": overall.get("acc_10pct"),
+              "spearman": overall.get("spearman"), "bias": overall.get("bias"), "passes": passes,
+              "families": fams, "models": rows}
+    if plot:
+        plot_validation(rows, plot, device, overall)
+        result["plot"] = str(plot)
+    return result
+
+
+def plot_validation(rows, out, device, overall) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 6.0), dpi=110)
+    fams = sorted({r["family"] for r in rows})
+    cmap = plt.get_cmap("tab20")
+    for i, fam in enumerate(fams):
+        sel = [r for r in rows if r["family"] == fam]
+        ax.scatter([r["measured_ms"] for r in sel], [r["predicted_ms"] for r in sel], s=22, label=fam,
+                   color=cmap(i % 20))
+    lo = min(min(r["measured_ms"], r["predicted_ms"]) for r in rows) * 0.8
+    hi = max(max(r["measured_ms"], r["predicted_ms"]) for r in rows) * 1.2
+    xs = np.geomspace(lo, hi, 50)
+    ax.plot(xs, xs, "k-", lw=1)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.2, label="±10%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured latency (ms, median of interleaved passes)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(f"{device}: RMSPE {overall['rmspe'] * 100:.1f}%, ±10% {overall['acc_10pct'] * 100:.0f}%, "
+                 f"±5% {overall['acc_5pct'] * 100:.0f}%", fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.tight_layout()
+    tmp = Path(str(out) + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)

@@ -1,0 +1,1 @@
+"""Devices measured and shipped with hwlat (read-only); found by name like profiled devices."""

@@ -1,0 +1,221 @@
+"""The device predictor: kernels of a model -> LUT hits or regressor estimates -> model latency.
+
+``model_ms = a * sum(kernel_ms - call_overhead) + b * n_kernels + c``: an isolated kernel pays
+the per-call cost of a session run that a kernel inside a graph does not (MEASUREMENT.md), so it
+is calibrated away and the in-graph cost per kernel (``b``), the scale (``a``) and a constant
+(``c``) are fitted on whole models measured during profiling, when the data justifies them.
+Everything comes from the device's stored files: nothing is run or measured here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hwlat.errors import HwlatError, UnknownDeviceError
+from hwlat.fusion import FusionRules, default_rules
+from hwlat.ir import ModelKernels, model_kernels
+from hwlat.predictors.kernel_model import KernelRegressors
+from hwlat.store import LUT_CSV, find_device_dir
+
+PREDICTOR_DIR = "predictor"
+
+
+@dataclass
+class Correction:
+    a: float = 1.0
+    b_ms: float = 0.0
+    c_ms: float = 0.0
+    overhead_ms: float = 0.0          # per isolated call, subtracted from every kernel
+    fitted_on: int = 0
+    rmspe_before: float | None = None
+    rmspe_after: float | None = None
+
+    def apply(self, net_sum_ms, n_kernels):
+        return self.a * net_sum_ms + self.b_ms * n_kernels + self.c_ms
+
+    def net(self, kernel_ms: np.ndarray) -> np.ndarray:
+        return np.maximum(kernel_ms - self.overhead_ms, 0.1 * kernel_ms)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fit_correction(net_sums: np.ndarray, counts: np.ndarray, measured: np.ndarray, overhead_ms: float) -> Correction:
+    """Least squares in relative error; kept only if it lowers RMSPE and stays physical."""
+    net_sums, counts, y = map(lambda v: np.asarray(v, float), (net_sums, counts, measured))
+    base = Correction(overhead_ms=overhead_ms, fitted_on=len(y))
+
+    def rmspe(pred):
+        return float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
+
+    base.rmspe_before = rmspe(net_sums)
+    best, best_err = base, base.rmspe_before
+    if len(y) >= 3:
+        w = 1.0 / y
+        for cols in ((0, 1), (0, 1, 2), (0,)):
+            feats = np.stack([net_sums, counts, np.ones_like(y)], 1)[:, cols]
+            coef, *_ = np.linalg.lstsq(feats * w[:, None], y * w, rcond=None)
+            full = dict(zip(cols, coef))
+            cand = Correction(a=full.get(0, 1.0), b_ms=full.get(1, 0.0), c_ms=full.get(2, 0.0),
+                              overhead_ms=overhead_ms, fitted_on=len(y))
+            if not (0.6 <= cand.a <= 1.6 and -0.05 <= cand.b_ms <= 0.05 and abs(cand.c_ms) < 0.5 * np.median(y)):
+                continue
+            err = rmspe(cand.apply(net_sums, counts))
+            if err < best_err - 1e-4:
+                best, best_err = cand, err
+    best.rmspe_before = base.rmspe_before
+    best.rmspe_after = best_err
+    return best
+
+
+@dataclass
+class KernelPrediction:
+    key: str
+    latency_ms: float
+    source: str                     # "lut" | "model"
+    model: str = ""                 # which regressor (kind or _global) when source == "model"
+    nodes: list = field(default_factory=list)
+
+
+class LatencyPredictor:
+    """Predicted latency of models and architectures on one profiled device."""
+
+    def __init__(self, name: str, manifest: dict, lut: dict[str, float], regressors: KernelRegressors | None,
+                 correction: Correction, device_dir: Path | None = None):
+        self.name = name
+        self.manifest = manifest
+        self.lut = lut
+        self.regressors = regressors
+        self.correction = correction
+        self.device_dir = device_dir
+        fr = manifest.get("fusion_rules")
+        self.rules = FusionRules.from_dict(fr) if fr else default_rules(manifest.get("device", {}).get("backend", "generic"))
+        self._tables: dict = {}
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name: str, lut_dir=None) -> "LatencyPredictor":
+        d = find_device_dir(name, lut_dir)
+        manifest = json.loads((d / "device.json").read_text())
+        lut_path = d / LUT_CSV
+        lut = {}
+        if lut_path.is_file():
+            df = pd.read_csv(lut_path)
+            lut = dict(zip(df["key"], df["latency_ms"].astype(float)))
+        pdir = d / PREDICTOR_DIR
+        regs, corr = None, Correction(overhead_ms=float(manifest.get("call_overhead_ms", 0.0)))
+        meta_path = pdir / "predictor.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            try:
+                regs = KernelRegressors.load(pdir, meta["kernels"])
+            except ValueError as e:
+                raise HwlatError(f"device '{name}': {e}") from None
+            corr = Correction(**meta.get("correction", {}))
+        if not lut and regs is None:
+            raise UnknownDeviceError(f"device '{name}' has no measurements yet; run hwlat profile for it")
+        return cls(name, manifest, lut, regs, corr, d)
+
+    # -- kernels -----------------------------------------------------------------------------
+    def kernel_latencies(self, keys: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+        """Per key: latency_ms (as measured in isolation), source ('lut'|'model'), regressor used."""
+        out = np.empty(len(keys))
+        sources, used = ["lut"] * len(keys), [""] * len(keys)
+        miss = []
+        for i, k in enumerate(keys):
+            v = self.lut.get(k)
+            if v is None:
+                miss.append(i)
+            else:
+                out[i] = v
+        if miss:
+            if self.regressors is None:
+                raise HwlatError(f"device '{self.name}' has no regressors for kernels outside its LUT "
+                                 f"(e.g. {keys[miss[0]]}); run hwlat profile again to fit them")
+            pred, which = self.regressors.predict([keys[i] for i in miss])
+            for j, i in enumerate(miss):
+                out[i], sources[i], used[i] = pred[j], "model", which[j]
+        return out, sources, used
+
+    def kernels_of(self, model, input_shape=None) -> ModelKernels:
+        return model_kernels(model, self.rules, input_shape=input_shape)
+
+    def predict_kernels(self, model, input_shape=None) -> tuple[float, list[KernelPrediction]]:
+        mk = self.kernels_of(model, input_shape)
+        keys = mk.keys
+        raw, sources, used = self.kernel_latencies(keys)
+        net = self.correction.net(raw)
+        total = float(self.correction.apply(net.sum(), len(keys)))
+        # per-kernel share of the corrected total, so the breakdown adds up to the prediction
+        share = net * self.correction.a + self.correction.b_ms + self.correction.c_ms / max(len(keys), 1)
+        preds = [KernelPrediction(k, float(s), src, u, inst.nodes)
+                 for k, s, src, u, inst in zip(keys, share, sources, used, mk.kernels)]
+        return total, preds
+
+    # -- public ------------------------------------------------------------------------------
+    def predict(self, model, input_shape=None) -> float:
+        """Latency in ms of an ONNX path/ModelProto, a torch module (with input_shape), or a space arch."""
+        arch = _as_space_arch(model)
+        if arch is not None:
+            return float(self.predict_many([arch])[0])
+        return self.predict_kernels(model, input_shape)[0]
+
+    def breakdown(self, model, input_shape=None) -> dict:
+        total, preds = self.predict_kernels(model, input_shape)
+        return {"latency_ms": total, "device": self.name,
+                "kernels": [{"key": p.key, "latency_ms": p.latency_ms, "source": p.source,
+                             **({"regressor": p.model} if p.source == "model" else {})} for p in preds]}
+
+    def predict_many(self, archs, space=None) -> np.ndarray:
+        """Vectorised latency (ms) of many architectures of one search space."""
+        from hwlat.predictors.space_tables import table_for
+
+        archs = list(archs)
+        if not archs:
+            return np.zeros(0)
+        if space is None:
+            space = _space_of(archs[0])
+        from hwlat.search import spaces as _spaces
+
+        space = _spaces.get(space) if isinstance(space, str) else space
+        table = self._tables.get(space.name)
+        if table is None:
+            table = table_for(space, self)
+            self._tables[space.name] = table
+        return table.predict(archs)
+
+    def arch_kernels_exact(self, space, arch) -> float:
+        """Slow exact path: build the torch model, export, detect kernels, predict."""
+        arch = space.parse(arch)
+        return self.predict_kernels(space.build(arch), input_shape=space.input_shape(arch))[0]
+
+
+def _as_space_arch(obj):
+    mod = type(obj).__module__ or ""
+    return obj if mod.startswith("hwlat.search") else None
+
+
+def _space_of(arch) -> str:
+    from hwlat.search import spaces
+
+    name = type(arch).__name__
+    for s in spaces.names():
+        sp = spaces.get(s)
+        try:
+            if type(sp.parse(arch)).__name__ == name:
+                return s
+        except Exception:  # noqa: BLE001
+            continue
+    raise HwlatError(f"cannot tell the search space of {arch!r}; pass space=")
+
+
+def timed(fn, *a, **k):
+    t0 = time.perf_counter()
+    r = fn(*a, **k)
+    return r, time.perf_counter() - t0

@@ -1,0 +1,188 @@
+"""Which kernels to measure, most informative first.
+
+- ``space_kernels``: every kernel the architectures of a space can contain (covering networks
+  exported once and re-shaped to each resolution), ordered so resolutions are covered coarse to
+  fine (224, 128, 176, 152, 200, ...): a short budget still spans the space.
+- ``prior_kernels``: a broad random sample of every kernel type over shapes real networks use, so
+  the regressors can answer for kernels outside any profiled space.
+- ``dir_kernels``: the kernels of the ONNX models in a folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hwlat.errors import HwlatError
+from hwlat.fusion import FusionRules
+from hwlat.kernels import Kernel
+
+
+def bisection_order(values: list) -> list:
+    """Ends first, then midpoints, recursively: a coarse-to-fine cover of a sorted list."""
+    values = sorted(values)
+    out, seen = [], set()
+    if not values:
+        return out
+    intervals = [(0, len(values) - 1)]
+    for i in (len(values) - 1, 0):
+        out.append(values[i])
+        seen.add(i)
+    while intervals:
+        nxt = []
+        for lo, hi in intervals:
+            if hi - lo < 2:
+                continue
+            mid = (lo + hi) // 2
+            if mid not in seen:
+                out.append(values[mid])
+                seen.add(mid)
+            nxt += [(lo, mid), (mid, hi)]
+        intervals = nxt
+    out += [v for i, v in enumerate(values) if i not in seen]
+    return out
+
+
+def space_kernels(space, rules: FusionRules, seed: int = 0) -> list[str]:
+    """Every kernel the architectures of a space can contain, resolutions coarse to fine."""
+    from hwlat.predictors.space_tables import space_kernel_keys
+
+    return space_kernel_keys(space, rules, seed)
+
+
+def dir_kernels(folder, rules: FusionRules) -> list[str]:
+    from hwlat.ir import model_kernels
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+    if not files:
+        raise HwlatError(f"--models {folder}: no .onnx files found there")
+    out, seen = [], set()
+    for f in files:
+        for k in model_kernels(f, rules).keys:
+            if k not in seen:
+                seen.add(k)
+                out.append(k)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# broad prior sample
+# ---------------------------------------------------------------------------------------------
+def _chains(rules: FusionRules, base: str, allowed_ops: tuple) -> list[str]:
+    """Every op chain starting at ``base`` the rules allow (depth <= 3)."""
+    out, frontier = [base], [base]
+    for _ in range(3):
+        nxt = []
+        for c in frontier:
+            for op in allowed_ops:
+                if rules.absorbs(c, op):
+                    nxt.append(f"{c}-{op}")
+        out += nxt
+        frontier = nxt
+    return out
+
+
+_ACTS = ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "tanh", "leakyrelu")
+_SPATIAL = np.array([4, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160])
+
+
+def _ch(rng, lo, hi, align=0.85) -> int:
+    c = int(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    if rng.random() < align:
+        c = max(8, int(round(c / 8)) * 8)
+    return max(1, c)
+
+
+def _hw(rng, hi=112) -> int:
+    cands = _SPATIAL[_SPATIAL <= hi]
+    return int(rng.choice(cands))
+
+
+def _out(h, k, s):
+    return (h - 1) // s + 1
+
+
+def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: float = 800.0) -> list[str]:
+    """A broad sample over kernel types and shapes; deterministic for a seed."""
+    from hwlat.kernels import flops
+
+    rng = np.random.default_rng(seed + 7919)
+    conv_chains = _chains(rules, "conv", _ACTS + ("add",))
+    gemm_chains = _chains(rules, "gemm", _ACTS)
+    add_chains = _chains(rules, "add", _ACTS)
+    kinds = ["conv"] * 30 + ["dwconv"] * 22 + ["gconv"] * 5 + ["gemm"] * 4 + ["se"] * 8 + ["pool"] * 5 + \
+            ["gap"] * 4 + ["add"] * 5 + ["act"] * 6 + ["concat"] * 4 + ["split"] * 2 + ["shuffle"] * 2 + \
+            ["slice"] * 1 + ["reshape"] * 1 + ["const"] * 1
+    out, seen = [], set()
+    tries = 0
+    while len(out) < n and tries < 50 * n:
+        tries += 1
+        kind = kinds[rng.integers(len(kinds))]
+        k = _make(kind, rng, conv_chains, gemm_chains, add_chains)
+        if k is None or k.key in seen or flops(k) > max_mflops * 1e6:
+            continue
+        seen.add(k.key)
+        out.append(k.key)
+    return out
+
+
+def _make(kind, rng, conv_chains, gemm_chains, add_chains) -> Kernel | None:
+    if kind in ("conv", "dwconv", "gconv"):
+        ks = int(rng.choice([1, 3, 5, 7], p=[0.45, 0.4, 0.09, 0.06] if kind == "conv" else [0.0, 0.5, 0.3, 0.2]))
+        s = int(rng.choice([1, 2], p=[0.8, 0.2]))
+        h = _hw(rng, 160 if ks > 1 else 112)
+        if kind == "conv":
+            cin = _ch(rng, 3, 1024) if rng.random() > 0.05 else 3
+            cout, g = _ch(rng, 8, 1280), 1
+        elif kind == "dwconv":
+            cin = _ch(rng, 8, 1536)
+            cout, g = cin, cin
+        else:
+            g = int(rng.choice([2, 3, 4, 8]))
+            cin = g * max(1, _ch(rng, 8, 768) // g)
+            cout = g * max(1, _ch(rng, 8, 768) // g)
+        chain = conv_chains[rng.integers(len(conv_chains))]
+        ho = _out(h, ks, s)
+        inputs = [(h, h, cin)]
+        if "add" in chain.split("-"):
+            inputs.append((ho, ho, cout))
+        return Kernel(chain, tuple(inputs), (ho, ho, cout), (("k", ks), ("s", s), ("g", g)))
+    if kind == "gemm":
+        return Kernel(gemm_chains[rng.integers(len(gemm_chains))], ((_ch(rng, 16, 4096),),), (_ch(rng, 10, 4096),))
+    h = _hw(rng, 112)
+    c = _ch(rng, 8, 1024)
+    if kind == "se":
+        acts = [("relu", "hsigmoid"), ("silu", "sigmoid"), ("relu", "sigmoid")][rng.integers(3)]
+        m = max(8, int(round(c / 4 / 8)) * 8)
+        return Kernel("se-" + "-".join(acts), ((h, h, c),), (h, h, c), (("m", m),))
+    if kind == "pool":
+        ks, s = int(rng.choice([2, 3])), int(rng.choice([1, 2], p=[0.3, 0.7]))
+        ho = _out(h, ks, s)
+        return Kernel(str(rng.choice(["maxpool", "avgpool"])), ((h, h, c),), (ho, ho, c), (("k", ks), ("s", s)))
+    if kind == "gap":
+        return Kernel("gap", ((h, h, c),), (1, 1, c))
+    if kind == "add":
+        return Kernel(add_chains[rng.integers(len(add_chains))], ((h, h, c), (h, h, c)), (h, h, c))
+    if kind == "act":
+        return Kernel(str(rng.choice(_ACTS)), ((h, h, c),), (h, h, c))
+    if kind == "concat":
+        n = int(rng.choice([2, 2, 3, 4]))
+        cs = [_ch(rng, 8, 512) for _ in range(n)]
+        return Kernel("concat", tuple((h, h, ci) for ci in cs), (h, h, sum(cs)))
+    if kind == "split":
+        c2 = c // 2 * 2
+        return Kernel("split", ((h, h, c2),), (h, h, c2 // 2), (("n", 2),))
+    if kind == "shuffle":
+        g = int(rng.choice([2, 4]))
+        c2 = max(g, c // g * g)
+        return Kernel("shuffle", ((h, h, c2),), (h, h, c2), (("g", g),))
+    if kind == "slice":
+        c2 = c // 2 * 2
+        return Kernel("slice", ((h, h, c2),), (h, h, c2 // 2))
+    if kind == "reshape":
+        return Kernel("reshape", ((1, 1, c),), (c,))
+    if kind == "const":
+        return Kernel(str(rng.choice(["addc", "mulc"])), ((h, h, c),), (h, h, c))
+    return None

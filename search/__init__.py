@@ -1,0 +1,1 @@
+"""Search: spaces (encoding + torch builders), supernets, accuracy predictors, OFA/HURRICANE search."""

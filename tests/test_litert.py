@@ -1,0 +1,327 @@
+"""LiteRT backend: real .tflite files run by LiteRT, compared numerically with ONNX Runtime."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("ai_edge_litert")
+pytestmark = pytest.mark.needs_litert
+
+sys.path.insert(0, str(Path(__file__).parent))
+import litert_models  # noqa: E402
+
+from hwlat.device import DeviceConfig  # noqa: E402
+from hwlat.errors import HwlatError, UnsupportedOpError  # noqa: E402
+from hwlat.kernel_onnx import kernel_model  # noqa: E402
+from hwlat.profilers import get_backend  # noqa: E402
+from hwlat.profilers.base import BuildInput  # noqa: E402
+from hwlat.profilers.litert import layout  # noqa: E402
+from hwlat.profilers.litert.converter import check_against_onnxruntime, onnx_to_tflite  # noqa: E402
+from hwlat.profilers.litert.tflite_writer import op_names, read_metadata  # noqa: E402
+from hwlat.protocol import Protocol, measure_session  # noqa: E402
+
+FP32_TOL = 1e-3      # max abs error relative to the output's scale
+INT8_COS = 0.99      # cosine similarity of int8 outputs with the float reference
+
+# kernel key -> a TFLite op the compiled model must contain
+KERNELS = {
+    "conv_i16x16x8_o16x16x16_k3_s1_g1": "CONV_2D",
+    "conv-relu_i16x16x8_o8x8x16_k3_s2_g1": "CONV_2D",
+    "conv-relu6_i16x16x16_o16x16x16_k5_s1_g16": "DEPTHWISE_CONV_2D",
+    "conv-hswish_i16x16x8_o8x8x16_k1_s2_g1": "HARD_SWISH",
+    "conv_i16x16x16_o16x16x32_k3_s1_g2": "CONV_2D",
+    "conv_i16x16x16_o16x16x16_k3_s1_g16_d2": "DEPTHWISE_CONV_2D",
+    "conv-add-relu_i16x16x8+16x16x16_o16x16x16_k1_s1_g1": "ADD",
+    "gemm_i64_o10": "FULLY_CONNECTED",
+    "gemm-relu_i64_o32": "FULLY_CONNECTED",
+    "add_i8x8x16+8x8x16_o8x8x16": "ADD",
+    "mul_i8x8x16+8x8x16_o8x8x16": "MUL",
+    "addc_i8x8x16_o8x8x16": "ADD",
+    "mulc_i8x8x16_o8x8x16": "MUL",
+    "relu_i8x8x16_o8x8x16": "RELU",
+    "relu6_i8x8x16_o8x8x16": "RELU6",
+    "clip_i8x8x16_o8x8x16": "RELU_N1_TO_1",
+    "hswish_i8x8x16_o8x8x16": "HARD_SWISH",
+    "hsigmoid_i8x8x16_o8x8x16": "ADD",
+    "sigmoid_i8x8x16_o8x8x16": "LOGISTIC",
+    "silu_i8x8x16_o8x8x16": "LOGISTIC",
+    "tanh_i8x8x16_o8x8x16": "TANH",
+    "leakyrelu_i8x8x16_o8x8x16": "LEAKY_RELU",
+    "se-relu-hsigmoid_i8x8x32_o8x8x32_m8": "MEAN",
+    "gap_i8x8x16_o1x1x16": "MEAN",
+    "gmp_i8x8x16_o1x1x16": "MAX_POOL_2D",
+    "maxpool_i16x16x8_o8x8x8_k3_s2": "MAX_POOL_2D",
+    "avgpool_i16x16x8_o8x8x8_k3_s2": "AVERAGE_POOL_2D",
+    "concat_i8x8x8+8x8x16_o8x8x24": "CONCATENATION",
+    "slice_i8x8x16_o8x8x8": "SLICE",
+    "reshape_i4x4x8_o128": "RESHAPE",
+    "transpose_i8x6x4_o6x8x4": "TRANSPOSE",
+    "shuffle_i8x8x16_o8x8x16_g2": "TRANSPOSE",
+    "pad_i8x8x8_o10x10x8": "PAD",
+    "softmax_i10_o10": "SOFTMAX",
+}
+
+
+def _compile(model, precision, tmp_path, name="m"):
+    data = onnx_to_tflite(model, precision)
+    path = tmp_path / f"{name}_{precision}.tflite"
+    path.write_bytes(data)
+    return data, path
+
+
+def _assert_close(report, precision):
+    if precision == "fp32":
+        assert report["rel_err"] <= FP32_TOL, report
+    else:
+        assert report["cosine"] >= INT8_COS, report
+
+
+def _onnx(nodes, inputs, outputs, inits=()):
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+                          [numpy_helper.from_array(np.asarray(v, np.float32) if v.dtype.kind == "f" else v, k)
+                           for k, v in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+# -- kernels: every supported op, both precisions -----------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("key", sorted(KERNELS))
+def test_kernel_matches_onnxruntime(key, precision, tmp_path):
+    model = kernel_model(key)
+    data, path = _compile(model, precision, tmp_path)
+    assert KERNELS[key] in op_names(data)
+    _assert_close(check_against_onnxruntime(model, path), precision)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_split_kernel(precision, tmp_path):
+    split = numpy_helper.from_array(np.array([8, 8], np.int64), "sizes")
+    n = helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1)
+    r = helper.make_node("Relu", ["b"], ["c"])
+    m = _onnx([n, r], [("x", [1, 16, 8, 8])], [("a", [1, 8, 8, 8]), ("c", [1, 8, 8, 8])])
+    m.graph.initializer.append(split)
+    data, path = _compile(m, precision, tmp_path)
+    assert "SPLIT" in op_names(data)
+    _assert_close(check_against_onnxruntime(m, path), precision)
+
+
+class _Misc(__import__("torch").nn.Module):
+    """ONNX ops torch exports that the kernel builder does not: Div/Sub by constants, reflect
+    padding, strided slicing, ceil-mode max pooling, count_include_pad average pooling,
+    softmax over channels, an unfused BatchNorm, squeeze/unsqueeze, MatMul."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.avg = torch.nn.AvgPool2d(3, 2, 1, count_include_pad=True)
+        self.mp = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.w = torch.nn.Parameter(torch.randn(8, 5))
+
+    def forward(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        y = self.bn(x) / 2.0 - 1.0
+        y = F.pad(y, (1, 1, 1, 1), mode="reflect")[:, :, ::2, ::2]
+        z = torch.softmax(self.avg(y), dim=1) + self.mp(y)
+        v = z.mean((2, 3)).unsqueeze(-1).squeeze(-1)
+        return v @ self.w
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_misc_onnx_ops(precision, tmp_path):
+    import torch
+
+    from hwlat.ir import torch_to_onnx
+
+    torch.manual_seed(0)
+    mod = _Misc().eval()
+    mod.bn.running_mean.uniform_(-1, 1)
+    m = torch_to_onnx(mod, (1, 8, 13, 13))
+    data, path = _compile(m, precision, tmp_path)
+    names = op_names(data)
+    for op in ("MIRROR_PAD", "STRIDED_SLICE", "SOFTMAX", "AVERAGE_POOL_2D", "MAX_POOL_2D", "FULLY_CONNECTED"):
+        assert op in names, names
+    _assert_close(check_against_onnxruntime(m, path), precision)
+
+
+def test_int8_weights_are_per_channel_symmetric(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    data, _ = _compile(kernel_model("conv-relu_i16x16x8_o16x16x24_k3_s1_g1"), "int8", tmp_path)
+    it = Interpreter(model_content=data)
+    ins = it.get_input_details()[0]
+    assert ins["dtype"] == np.int8
+    weights = [t for t in it.get_tensor_details() if len(t["shape"]) == 4 and t["index"] != ins["index"]
+               and t["dtype"] == np.int8 and t["shape"][0] == 24 and t["shape"][-1] == 8]
+    assert weights, "no int8 filter tensor"
+    q = weights[0]["quantization_parameters"]
+    assert len(q["scales"]) == 24 and not np.any(q["zero_points"])
+    biases = [t for t in it.get_tensor_details() if t["dtype"] == np.int32 and list(t["shape"]) == [24]]
+    assert biases, "no int32 bias"
+    assert read_metadata(data)["inputs"][0]["perm"] == [0, 2, 3, 1]
+
+
+# -- whole models: one of every family ---------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("family", sorted(litert_models.FAMILIES))
+def test_model_family_matches_onnxruntime(family, precision, tmp_path):
+    model = litert_models.export(family)
+    data, path = _compile(model, precision, tmp_path, family)
+    report = check_against_onnxruntime(model, path)
+    _assert_close(report, precision)
+    if precision == "int8":
+        assert report["rel_err"] < 0.2, report
+
+
+def test_model_structure_is_what_the_official_converter_emits(tmp_path):
+    names = op_names(onnx_to_tflite(litert_models.export("mobilenet_v3")))
+    assert "HARD_SWISH" in names and "BATCH_NORM" not in names and "RELU" not in names  # BN folded, ReLU fused
+    names = op_names(onnx_to_tflite(litert_models.export("shufflenet_v2")))
+    assert names.count("TRANSPOSE") == 3        # one per channel shuffle, no NCHW round trips
+    names = op_names(onnx_to_tflite(litert_models.export("vgg")))
+    assert "TRANSPOSE" not in names             # flatten handled by permuting FC weights
+
+
+def _zoo():
+    try:
+        from hwlat import zoo
+    except ImportError:
+        return []
+    return zoo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_validation_zoo_families(precision, tmp_path):
+    zoo = _zoo()
+    if not zoo:
+        pytest.skip("hwlat.zoo not available")
+    seen = set()
+    for m in zoo.models():
+        family = getattr(m, "family", None) or str(getattr(m, "name", m)).split("-")[0]
+        if family in seen:
+            continue
+        seen.add(family)
+        onnx_path = tmp_path / f"{family}.onnx"
+        zoo.export_onnx(m, onnx_path)
+        data, path = _compile(str(onnx_path), precision, tmp_path, family)
+        _assert_close(check_against_onnxruntime(str(onnx_path), path), precision)
+    assert seen
+
+
+# -- backend -----------------------------------------------------------------------------
+def _device(precision="fp32", threads=1):
+    return DeviceConfig(name="test-litert", backend="litert", threads=threads, precision=precision)
+
+
+def test_probe_reports_version():
+    info = get_backend("litert").probe()
+    assert info.available and info.version and info.name == "litert"
+
+
+def test_probe_without_runtime(monkeypatch):
+    from hwlat.profilers.litert import LiteRTBackend
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    info = LiteRTBackend.probe()
+    assert not info.available and "pip install 'hwlat[litert]'" in info.reason
+
+
+def test_builder_returns_errors_as_values(tmp_path):
+    backend = get_backend("litert")
+    erf = _onnx([helper.make_node("Erf", ["x"], ["y"], name="erf0")], [("x", [1, 4])], [("y", [1, 4])])
+    key = "conv-relu_i8x8x8_o8x8x8_k3_s1_g1"
+    res = backend.builder(_device("int8"), tmp_path).build(
+        [BuildInput(key, kernel_model(key)), BuildInput("erf", erf, kind="model")])
+    assert res[0].error is None and Path(res[0].artifact).is_file()
+    assert res[1].artifact is None and "Erf" in res[1].error and "erf0" in res[1].error
+
+
+def test_unsupported_op_raises():
+    m = _onnx([helper.make_node("Erf", ["x"], ["y"], name="erf0")], [("x", [1, 4])], [("y", [1, 4])])
+    with pytest.raises(UnsupportedOpError) as e:
+        onnx_to_tflite(m)
+    assert e.value.op_type == "Erf" and e.value.node_name == "erf0" and "litert" in str(e.value)
+
+
+def test_fp16_is_a_clear_error(tmp_path):
+    with pytest.raises(HwlatError, match="fp32 or int8"):
+        get_backend("litert").builder(_device("fp16"), tmp_path)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_compile_writes_a_runnable_file(precision, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = litert_models.export("mobilenet_v2")
+    path = get_backend("litert").compile(model, tmp_path / "out", _device(precision))
+    assert path.suffix == ".tflite" and path.is_file() and path.parent == tmp_path / "out"
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    it.invoke()
+    out = it.get_tensor(it.get_output_details()[0]["index"])
+    assert out.shape == (1, 10)
+    assert check_against_onnxruntime(model, path)["precision"] == precision
+
+
+def test_session_latency_is_positive_and_scales(tmp_path):
+    backend = get_backend("litert")
+    dev = _device()
+    small, big = (backend.builder(dev, tmp_path).build([BuildInput(k, kernel_model(k))])[0].artifact
+                  for k in ("conv_i14x14x64_o14x14x64_k3_s1_g1", "conv_i56x56x64_o56x56x64_k3_s1_g1"))
+    times = {}
+    for name, art in (("small", small), ("big", big)):
+        with backend.session(art, dev) as s:
+            m = measure_session(s, Protocol.quick())
+        assert 0 < m.p10_ms <= m.median_ms <= m.p90_ms < 1000 and m.backend == "litert" and m.threads == 1
+        times[name] = m.median_ms
+    assert times["big"] > 3 * times["small"]      # 16x the work
+
+
+def test_session_infer_matches_check(tmp_path):
+    model = kernel_model("conv-relu6_i8x8x8_o8x8x16_k3_s1_g1")
+    _, path = _compile(model, "fp32", tmp_path)
+    x = np.random.default_rng(3).standard_normal((1, 8, 8, 8)).astype(np.float32)
+    with get_backend("litert").session(str(path), _device()) as s:
+        (y,) = s.infer({"x0": x})
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x0": x})[0]
+    assert y.shape == ref.shape and np.max(np.abs(y - ref)) <= FP32_TOL * np.max(np.abs(ref))
+
+
+# -- pieces ------------------------------------------------------------------------------
+def test_reshape_layouts():
+    # channel shuffle stays in NHWC: [1,16,8,8] -> [1,2,8,8,8] from NHWC is [N,H,W,g,c/g]
+    assert layout.reshape_layout((1, 16, 8, 8), (1, 2, 8, 8, 8), layout.NHWC) == (0, 3, 4, 1, 2)
+    assert layout.reshape_layout((1, 16, 1, 1), (1, 16), layout.NHWC) == (0, 1)
+    assert layout.reshape_layout((1, 16, 4, 4), (1, 256), layout.NHWC) is None
+    idx = layout.feature_permutation((1, 2, 2, 2), (1, 8), layout.NHWC)
+    assert list(idx) == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_fusion_rules_file_and_probe_logic():
+    from hwlat.fusion import default_rules
+    from hwlat.profilers.litert import fusion_probe
+
+    rules = default_rules("litert")
+    assert rules.absorbs("conv", "relu") and rules.absorbs("conv", "relu6")
+    assert not rules.absorbs("conv", "hswish")
+    # decision rule on synthetic timings: B is free after A (fused) or costs its own time (not)
+    pairs = [("conv", "relu", "A", "B", "AB"), ("conv", "tanh", "A", "C", "AC")]
+    t = {"A": 1.0, "B": 0.5, "AB": 1.0, "C": 0.5, "AC": 1.45, fusion_probe.OVERHEAD_KEY: 0.05}
+    res = fusion_probe.detect(t.__getitem__, pairs, passes=1)
+    assert [r["fused"] for r in res] == [True, False]
+    assert fusion_probe.rules_from(res) == [("conv", "relu")]
