@@ -52,8 +52,11 @@ def _backend_file(backend: str) -> Path | None:
     return None
 
 
-def default_rules(backend: str) -> FusionRules:
+def default_rules(backend: str, precision: str = "fp32") -> FusionRules:
+    """The backend's default rules; a file may hold rules per precision (``by_precision``)."""
     path = _backend_file(backend) or (Path(__file__).resolve().parent / "fusion_rules" / "generic.json")
     d = json.loads(path.read_text())
     d["backend"] = backend
+    if precision in d.get("by_precision", {}):
+        d["fuse"] = d["by_precision"][precision]
     return FusionRules.from_dict(d)

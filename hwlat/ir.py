@@ -72,9 +72,14 @@ def torch_to_onnx(module, input_shape, path: str | os.PathLike | None = None) ->
         raise BadModelError("a torch module needs input_shape=(N, C, H, W) to be exported")
     module = module.eval()
     buf = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(module, (torch.randn(*input_shape),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"], do_constant_folding=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # export runs a forward pass; more threads only fight the other core
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, (torch.randn(*input_shape),), buf, dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["output"], do_constant_folding=True)
+    finally:
+        torch.set_num_threads(threads)
     model = onnx.load_from_string(buf.getvalue())
     if path is not None:
         onnx.save(model, str(path))
@@ -255,7 +260,7 @@ _SIMPLE = {
     "AveragePool": "avgpool", "Concat": "concat", "Transpose": "transpose", "Split": "split",
     "Slice": "slice", "Pad": "pad", "Softmax": "softmax", "Flatten": "reshape", "Reshape": "reshape",
     "Squeeze": "reshape", "Unsqueeze": "reshape", "Gemm": "gemm", "MatMul": "gemm", "Conv": "conv",
-    "GlobalMaxPool": "gmp",
+    "GlobalMaxPool": "gmp", "BatchNormalization": "bn",
 }
 
 

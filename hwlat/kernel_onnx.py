@@ -129,6 +129,12 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         gt = G.conv(h, m, c, 1, 1, 1, [0, 0, 0, 0])
         gt = G.act(acts[1] if len(acts) > 1 else "hsigmoid", gt)
         y = G.node("Mul", [x, gt])
+    elif base == "bn":
+        c = in_shapes[0][1]
+        vals = [G.const((G.rng.random(c) + 0.5).astype(np.float32), n) for n in ("scale", "bias", "mean", "var")]
+        y = G.node("BatchNormalization", [x, *vals], epsilon=1e-5)
+        for r in rest:
+            y = G.act(r, y)
     elif base == "gap":
         y = G.node("GlobalAveragePool", [x])
     elif base == "gmp":
@@ -176,7 +182,7 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(in_names, in_shapes)]
     outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, out_nchw)]
     if base == "split":
-        outputs += [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in extra_outputs]
+        outputs += [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_nchw) for o in extra_outputs]
     graph = helper.make_graph(G.nodes, k.key[:200], inputs, outputs, G.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hwlat")
     model.ir_version = 8

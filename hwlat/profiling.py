@@ -31,6 +31,7 @@ from hwlat.store import DeviceStore, resolve_lut_dir
 REFERENCE_KEY = "conv-relu_i28x28x64_o28x28x64_k3_s1_g1"
 OVERHEAD_KEY = "relu_i1x1x8_o1x1x8"
 CHUNK = 120
+CHECKPOINT_S = 120.0     # how often the error curve gets a point
 SLOW_SPELL = 1.12        # a pass whose reference runs this much slower than usual is taken again
 
 
@@ -88,6 +89,7 @@ class Job:
         self.progress = progress
         self.session_id = uuid.uuid4().hex[:8]
         self.t0 = time.monotonic()
+        self._last_checkpoint = self.t0
         from hwlat.search import spaces as _spaces
 
         self.space_objs = [_spaces.get(s) for s in self.spaces]   # unknown names fail before any write
@@ -178,6 +180,8 @@ class Job:
         baseline = self.store.reference_median()
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start:start + CHUNK]
+            if time.monotonic() - self._last_checkpoint > CHECKPOINT_S:
+                self.checkpoint()
             for p in range(passes):
                 keys = [k for k in chunk if p not in done.get(k, set())]
                 if not keys:
@@ -194,6 +198,7 @@ class Job:
                         break
                     self.summary.repeated_passes += 1
                     time.sleep(1.0)   # let a slow spell pass before taking the pass
+                self.measure_arch_step(1)
                 results = self._measure_iter(keys)
                 for r in results:
                     self.store.add_measurement(r.key, p, r.measurement, error=r.error, worker=r.worker,
@@ -218,49 +223,87 @@ class Job:
         finally:
             runner.close()
 
-    def measure_archs(self, bar) -> None:
-        """Whole architectures of the profiled spaces (interleaved passes) for the correction."""
+    def prepare_archs(self) -> None:
+        """Build the calibration architectures; their passes are measured between kernel chunks so
+        that whole models and kernels see the same host conditions."""
+        self.arch_builds, self.arch_queue = {}, []
         if not self.space_objs or self.arch_samples <= 0:
             return
         from hwlat.ir import load_onnx, torch_to_onnx
         from hwlat.profilers.base import BuildInput
 
         have = self.store.model_measurements()
-        counts = have.groupby("name")["pass"].nunique().to_dict() if not have.empty else {}
+        done = set(zip(have["name"], have["pass"])) if not have.empty else set()
         per_space = max(1, self.arch_samples // len(self.space_objs))
-        items = []
+        builder = self.backend.builder(self.config, self.store.path)
         for sp in self.space_objs:
             for i, a in enumerate(sp.sample(per_space, seed=self.seed + 1000)):
                 name = f"{sp.name}-cal-{i:03d}"
-                if counts.get(name, 0) < self.protocol.passes:
-                    items.append((name, sp, a))
-        if not items:
-            return
-        builder = self.backend.builder(self.config, self.store.path)
-        built = {}
-        for name, sp, a in items:
-            if self.left() < 0.4 * self.reserve_s:
-                return
-            proto = load_onnx(torch_to_onnx(sp.build(a), sp.input_shape(a)), canonical=False)
-            proto.graph.name = name
-            built[name] = (builder.build([BuildInput(name, proto, kind="model")])[0], sp.key(a), sp.name)
-        runner = self.backend.runner(self.config)
+                todo = [p for p in range(self.protocol.passes) if (name, p) not in done]
+                if not todo:
+                    continue
+                proto = load_onnx(torch_to_onnx(sp.build(a), sp.input_shape(a)), canonical=False)
+                proto.graph.name = name
+                self.arch_builds[name] = (builder.build([BuildInput(name, proto, kind="model")])[0], sp.key(a), sp.name)
+                self.arch_queue += [(p, name) for p in todo]
+        # pass-major order, shuffled within a pass: interleaved passes
         rng = np.random.default_rng(self.seed)
+        rng.shuffle(self.arch_queue)
+        self.arch_queue.sort(key=lambda t: t[0])
+
+    def measure_arch_step(self, n: int = 1) -> None:
+        if not self.arch_queue:
+            return
+        runner = self.backend.runner(self.config)
         try:
-            for p in range(self.protocol.passes):
-                names = [n for n in built if counts.get(n, 0) <= p]
-                rng.shuffle(names)
-                for n in names:
-                    if self.left() < 0.2 * self.reserve_s:
-                        return
-                    b, key, family = built[n]
-                    for r in runner.run([b], self.protocol):
-                        self.store.add_model_measurement(n, family, p, r.measurement, kernels=[key], error=r.error,
-                                                         session=self.session_id)
-                        self.summary.models_measured += r.measurement is not None
-                    bar(advance=0)
+            for _ in range(min(n, len(self.arch_queue))):
+                p, name = self.arch_queue.pop(0)
+                b, key, family = self.arch_builds[name]
+                for r in runner.run([b], self.protocol):
+                    self.store.add_model_measurement(name, family, p, r.measurement, kernels=[key], error=r.error,
+                                                     session=self.session_id)
+                    self.summary.models_measured += r.measurement is not None
         finally:
             runner.close()
+
+    def checkpoint(self) -> None:
+        """Error on held-out calibration architectures of the predictor the store gives now."""
+        from hwlat.predictors.fit import holdout_error
+
+        try:
+            err = holdout_error(self.store)
+        except Exception as e:  # noqa: BLE001 - a curve point is informative, never fatal
+            err = {"error": f"{type(e).__name__}: {e}"}
+        err.update({"minutes": round((time.monotonic() - self.t0) / 60.0, 2), "kernels": int(len(self.store.lut()))})
+        self.summary.curve.append(err)
+        self._last_checkpoint = time.monotonic()
+
+    def adaptive(self, bar) -> None:
+        """Measure around the kernels the regressors predict worst, until the budget ends."""
+        from hwlat.predictors.fit import worst_kernels
+        from hwlat.profilers.sampling import neighbours
+
+        rounds = 0
+        while self.left() > self.reserve_s + 20 and rounds < 50:
+            lut = self.store.lut()
+            worst = worst_kernels(lut, n=40, seed=rounds)
+            have = set(lut["key"]) | {k for k, _ in self.extra}
+            new = []
+            for k in worst:
+                new += [x for x in neighbours(k, seed=rounds) if x not in have and x not in new]
+            if not new:
+                return
+            new = new[:CHUNK]
+            rows = []
+            for k in new:
+                kern = parse_key(k)
+                rows.append((k, kern.op, kern.kind, "adaptive"))
+            self.store.add_kernels(rows)
+            self.extra += [(k, "adaptive") for k in new]
+            bar(total_add=len(new))
+            self.measure_kernels([(k, "adaptive") for k in new], bar)
+            rounds += 1
+            self.checkpoint()
 
     # -- entry -------------------------------------------------------------------------------
     def run(self) -> ProfileSummary:
@@ -278,7 +321,7 @@ class Job:
             m["spaces"] = sorted(set(m.get("spaces", [])) | set(self.spaces))
             self.store.write_manifest(m)
             # time kept back for whole-model measurements and fitting
-            self.reserve_s = min(0.25 * self.budget_s, 30.0 + 4.0 * self.arch_samples)
+            self.reserve_s = min(0.15 * self.budget_s, 25.0)
             with _progress(self.progress) as prog:
                 task = prog.add_task("calibrating", total=None)
                 if self.detect_fusion and "fusion_rules" not in self.store.manifest():
@@ -290,18 +333,33 @@ class Job:
                     m["fusion_rules"] = rules.to_dict()
                     self.store.write_manifest(m)
                 fr = self.store.manifest().get("fusion_rules")
-                self.rules = FusionRules.from_dict(fr) if fr else self.backend.default_fusion_rules()
+                self.rules = FusionRules.from_dict(fr) if fr else self.backend.default_fusion_rules(self.config.precision)
                 self.calibrate()
                 prog.update(task, description="planning kernels")
                 plan = self.plan()
                 self.summary.kernels_planned = len(plan)
                 done = self.store.done_passes()
+                prog.update(task, description="building calibration architectures")
+                self.extra = []
+                self.prepare_archs()
+                done = self.store.done_passes()
                 prog.update(task, description=f"measuring {self.config.name}", total=len(plan),
                             completed=sum(min(len(done.get(k, ())), self.protocol.passes) for k, _ in plan)
                             / self.protocol.passes)
-                self.measure_kernels(plan, lambda advance: prog.update(task, advance=advance))
+
+                def bar(advance=0.0, total_add=0):
+                    if total_add:
+                        prog.update(task, total=prog.tasks[0].total + total_add if hasattr(prog, "tasks") else None)
+                    prog.update(task, advance=advance)
+
+                self.measure_kernels(plan, bar)
+                if self.summary.budget_exhausted is False:
+                    self.checkpoint()
+                    prog.update(task, description="adaptive sampling")
+                    self.adaptive(bar)
                 prog.update(task, description="measuring whole architectures")
-                self.measure_archs(lambda advance: prog.update(task, advance=advance))
+                while self.arch_queue and self.left() > 10:
+                    self.measure_arch_step(1)
                 prog.update(task, description="fitting predictor")
             self.fit()
         except KeyboardInterrupt:

@@ -77,7 +77,7 @@ def _fixed_members() -> list[ZooModel]:
             add(f"resnet{depth}-r{r}", "resnet", _n("resnet"), r, depth)
     for version, r in (("1.0", 224), ("1.1", 224), ("1.1", 160)):
         add(f"squeezenet{version}-r{r}", "squeezenet", _n("squeezenet"), r, version)
-    for r in (128, 160):
+    for r in (112, 128, 160):
         add(f"vgg11-r{r}", "vgg", _n("vgg11"), r)
     for w, r in ((0.5, 224), (1.0, 224), (1.0, 160)):
         add(f"efficientnet-b0-w{_fmt(w)}-r{r}", "efficientnet", _n("efficientnet_b0"), r, w)

@@ -4,7 +4,8 @@ Layer recipes follow the published architectures (the torchvision / paper defini
 with the shared blocks of ``hwlat.search.spaces.blocks`` so every model exports to standard ONNX
 ops with static shapes. Deliberate departures, all for export or speed: VGG11 pools globally
 before its classifier (so its FC sizes do not depend on resolution), MnasNet/ShuffleNet pool with
-``AdaptiveAvgPool2d`` instead of ``mean``, and channel splits use fixed sizes (ONNX Split).
+``AdaptiveAvgPool2d`` instead of ``mean``, channel splits use fixed sizes (ONNX Split), and the
+DenseNet-style nets are post-activation (every BatchNorm folds into a conv).
 
 Imported only by :mod:`hwlat.zoo` when a model is built (torch is heavy).
 """
@@ -257,13 +258,14 @@ def ghostnet(width: float = 1.0) -> nn.Module:
     return finish(nn.Sequential(*layers, head))
 
 
-# -- DenseNet-BC (Huang et al. 2017), small ----------------------------------------------------
+# -- DenseNet-BC style (Huang et al. 2017), small, post-activation -----------------------------
+# DenseNet proper puts BN-ReLU before each conv, on a concat: a standalone BatchNormalization no
+# runtime folds. The zoo uses conv-BN-ReLU instead (same concat pattern, same conv shapes), so
+# every BN folds into its conv like in the other families.
 class _DenseLayer(nn.Module):
     def __init__(self, cin: int, growth: int):
         super().__init__()
-        self.body = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, 4 * growth, 1, bias=False),
-                                  nn.BatchNorm2d(4 * growth), nn.ReLU(),
-                                  nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
+        self.body = nn.Sequential(ConvBNAct(cin, 4 * growth, 1), ConvBNAct(4 * growth, growth, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.body(x)], dim=1)
@@ -277,7 +279,6 @@ def densenet(growth: int = 32, blocks: tuple[int, ...] = (6, 12, 24, 16)) -> nn.
             layers.append(_DenseLayer(cin, growth))
             cin += growth
         if b < len(blocks) - 1:
-            layers += [nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cin // 2, 1, bias=False), nn.AvgPool2d(2, 2)]
+            layers += [ConvBNAct(cin, cin // 2, 1), nn.AvgPool2d(2, 2)]
             cin //= 2
-    layers += [nn.BatchNorm2d(cin), nn.ReLU()]
     return finish(nn.Sequential(*layers, Classifier(cin, 1000)))

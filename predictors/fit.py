@@ -11,36 +11,43 @@ from hwlat.predictors.kernel_model import KernelRegressors
 from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction
 
 
-def arch_net_and_count(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of net kernel latency and kernel count of each architecture, before correction."""
+def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(net kernel ms, kernel count, weight MB) of each architecture, before correction."""
+    from hwlat.kernels import param_count
     from hwlat.predictors.space_tables import OFATable
 
-    saved = pred.correction
-    pred.correction = Correction(overhead_ms=saved.overhead_ms)
-    try:
-        if space.name == "ofa-mbv3":
-            t = OFATable(space, pred)
-            m = space.to_matrix([space.parse(a) for a in archs])
-            pred.correction = Correction(overhead_ms=saved.overhead_ms, a=1.0, b_ms=0.0)
-            net = t.predict(m)
-            pred.correction = Correction(overhead_ms=saved.overhead_ms, a=0.0, b_ms=1.0)
-            cnt = t.predict(m)
-            return net, cnt
-        net, cnt = [], []
-        for a in archs:
-            a = space.parse(a)
-            mk = pred.kernels_of(space.build(a), space.input_shape(a))
-            raw, _, _ = pred.kernel_latencies(mk.keys)
-            net.append(float(pred.correction.net(raw).sum()))
-            cnt.append(len(mk.keys))
-        return np.array(net), np.array(cnt, float)
-    finally:
-        pred.correction = saved
+    if space.name == "ofa-mbv3":
+        return OFATable(space, pred).parts([space.parse(a) for a in archs])
+    net, cnt, mb = [], [], []
+    for a in archs:
+        a = space.parse(a)
+        mk = pred.kernels_of(space.build(a), space.input_shape(a))
+        raw, _, _ = pred.kernel_latencies(mk.keys)
+        net.append(float(pred.correction.net(raw).sum()))
+        cnt.append(len(mk.keys))
+        mb.append(sum(param_count(k.kernel) for k in mk.kernels) * 4e-6)
+    return np.array(net), np.array(cnt, float), np.array(mb)
+
+
+def _calibration_parts(store, pred):
+    from hwlat.search import spaces
+
+    models = store.model_lut()
+    nets, cnts, mbs, ys = [], [], [], []
+    for family, grp in models.groupby("family"):
+        try:
+            sp = spaces.get(family)
+        except Exception:  # noqa: BLE001 - models of no known space are not used for the correction
+            continue
+        n, c, m = arch_parts(pred, sp, [json.loads(k)[0] for k in grp["kernels"]])
+        nets += list(n)
+        cnts += list(c)
+        mbs += list(m)
+        ys += list(grp["latency_ms"])
+    return tuple(np.asarray(v, float) for v in (nets, cnts, mbs, ys))
 
 
 def fit_device(store) -> dict:
-    from hwlat.search import spaces
-
     t0 = time.perf_counter()
     lut_path = store.export_lut()
     lut = store.lut()
@@ -52,21 +59,9 @@ def fit_device(store) -> dict:
     pred = LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=overhead), store.path)
     corr = Correction(overhead_ms=overhead)
-    models = store.model_lut()
-    if not models.empty:
-        nets, cnts, ys = [], [], []
-        for family, grp in models.groupby("family"):
-            try:
-                sp = spaces.get(family)
-            except Exception:  # noqa: BLE001 - models of no known space: not used for the correction
-                continue
-            archs = [json.loads(k)[0] for k in grp["kernels"]]
-            n, c = arch_net_and_count(pred, sp, archs)
-            nets += list(n)
-            cnts += list(c)
-            ys += list(grp["latency_ms"])
-        if ys:
-            corr = fit_correction(np.array(nets), np.array(cnts), np.array(ys), overhead)
+    nets, cnts, mbs, ys = _calibration_parts(store, pred)
+    if len(ys):
+        corr = fit_correction(nets, cnts, ys, overhead, mbs)
     pdir = store.path / PREDICTOR_DIR
     kmeta = regs.save(pdir)
     import onnxruntime
@@ -80,3 +75,48 @@ def fit_device(store) -> dict:
     tmp.replace(pdir / "predictor.json")
     return {"lut": str(lut_path), "kernels": int(len(lut)), "correction": corr.to_dict(),
             "fit_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _predictor_now(store) -> LatencyPredictor:
+    lut = store.lut()
+    regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
+    manifest = store.manifest()
+    return LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
+                            Correction(overhead_ms=float(manifest.get("call_overhead_ms", 0.0))), store.path)
+
+
+def holdout_error(store) -> dict:
+    """Two-fold error on the calibration architectures measured so far (correction fitted on the
+    other half): how well the store predicts whole networks at this point of a profile."""
+    from hwlat.validate import metrics
+
+    if len(store.model_lut()) < 6 or store.lut().empty:
+        return {"n": int(len(store.model_lut()))}
+    pred = _predictor_now(store)
+    nets, cnts, mbs, ys = _calibration_parts(store, pred)
+    idx = np.arange(len(ys))
+    out = np.empty(len(ys))
+    for fold in (0, 1):
+        tr, te = idx % 2 != fold, idx % 2 == fold
+        corr = fit_correction(nets[tr], cnts[tr], ys[tr], pred.correction.overhead_ms, mbs[tr])
+        out[te] = corr.apply(nets[te], cnts[te], mbs[te])
+    m = metrics(ys, out)
+    return {"n": m["n"], "rmspe": round(m["rmspe"], 4), "acc_10pct": round(m["acc_10pct"], 3),
+            "acc_5pct": round(m["acc_5pct"], 3)}
+
+
+def worst_kernels(lut, n: int = 40, seed: int = 0, folds: int = 3) -> list[str]:
+    """Kernels whose out-of-fold regressor error is largest (where to measure more)."""
+    keys = np.asarray(lut["key"])
+    y = lut["latency_ms"].to_numpy()
+    if len(keys) < 30:
+        return []
+    rng = np.random.default_rng(seed)
+    fold = rng.integers(folds, size=len(keys))
+    err = np.zeros(len(keys))
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        regs = KernelRegressors().update(list(keys[tr]), y[tr])
+        p, _ = regs.predict(list(keys[te]))
+        err[te] = np.abs(np.log(p / y[te]))
+    return list(keys[np.argsort(-err)[:n]])

@@ -1,4 +1,9 @@
-"""Per-kernel-kind XGBoost regressors (log latency), saved as XGBoost JSON, never pickled.
+"""Per-kernel-kind regressors: a physics baseline plus XGBoost on its residual, never pickled.
+
+The baseline is a least-squares line in log space over log FLOPs, log bytes moved and log
+parameters (per kind): it extrapolates the way hardware does (time grows with work), where trees
+alone are flat outside their data and badly wrong for a large convolution they never saw. The
+trees (XGBoost JSON) model what the line misses: alignment, kernel size, layout effects.
 
 Cost-model verbs as in TVM MetaSchedule: ``update`` (fit on measured kernels), ``predict``,
 ``save``, ``load``. Kinds with too few measurements are served by a global model trained on all
@@ -25,6 +30,26 @@ _PARAMS = {
 }
 
 
+_BASE_COLS = [FEATURE_NAMES.index(c) for c in ("log_flops", "log_bytes", "log_params")]
+
+
+def _base_design(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x[:, _BASE_COLS].astype(np.float64), np.ones((len(x), 1))], axis=1)
+
+
+def fit_baseline(x: np.ndarray, y: np.ndarray) -> list[float]:
+    """Ridge-regularised line in log space (features are log2 FLOPs/bytes/params)."""
+    a = _base_design(x)
+    reg = 1e-3 * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0
+    coef = np.linalg.solve(a.T @ a + reg * len(y), a.T @ y)
+    return [float(c) for c in coef]
+
+
+def baseline(x: np.ndarray, coef) -> np.ndarray:
+    return _base_design(x) @ np.asarray(coef)
+
+
 def _train(x: np.ndarray, y: np.ndarray, rounds: int):
     import xgboost as xgb
 
@@ -37,6 +62,7 @@ class KernelRegressors:
 
     def __init__(self):
         self.boosters: dict = {}
+        self.base: dict[str, list[float]] = {}
         self.counts: dict[str, int] = {}
 
     def update(self, keys: list[str], latency_ms: np.ndarray) -> "KernelRegressors":
@@ -44,16 +70,19 @@ class KernelRegressors:
         y = np.log(np.maximum(np.asarray(latency_ms, dtype=np.float64), 1e-5))
         x = feature_matrix(keys)
         kinds = np.array([parse_key(k).kind for k in keys])
-        self.boosters, self.counts = {}, {}
+        self.boosters, self.base, self.counts = {}, {}, {}
         rounds = int(np.clip(60 + len(keys) // 8, 150, 500))
-        self.boosters[GLOBAL] = _train(x, y, rounds)
+        self.base[GLOBAL] = fit_baseline(x, y)
+        self.boosters[GLOBAL] = _train(x, y - baseline(x, self.base[GLOBAL]), rounds)
         self.counts[GLOBAL] = len(keys)
         for kind in sorted(set(kinds)):
             sel = kinds == kind
             n = int(sel.sum())
             self.counts[kind] = n
             if n >= MIN_PER_KIND:
-                self.boosters[kind] = _train(x[sel], y[sel], int(np.clip(60 + n // 4, 100, 400)))
+                self.base[kind] = fit_baseline(x[sel], y[sel])
+                resid = y[sel] - baseline(x[sel], self.base[kind])
+                self.boosters[kind] = _train(x[sel], resid, int(np.clip(60 + n // 4, 100, 400)))
         return self
 
     def predict(self, keys: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -75,12 +104,14 @@ class KernelRegressors:
                 continue
             sel = kinds == kind
             if sel.any():
-                out[sel] = booster.predict(xgb.DMatrix(x[sel], feature_names=list(FEATURE_NAMES)))
+                out[sel] = booster.predict(xgb.DMatrix(x[sel], feature_names=list(FEATURE_NAMES))) + \
+                    baseline(x[sel], self.base[kind])
                 todo &= ~sel
                 for i in np.flatnonzero(sel):
                     used[i] = kind
         if todo.any():
-            out[todo] = self.boosters[GLOBAL].predict(xgb.DMatrix(x[todo], feature_names=list(FEATURE_NAMES)))
+            out[todo] = self.boosters[GLOBAL].predict(xgb.DMatrix(x[todo], feature_names=list(FEATURE_NAMES))) + \
+                baseline(x[todo], self.base[GLOBAL])
         return np.exp(out), used
 
     def save(self, folder: Path) -> dict:
@@ -91,7 +122,8 @@ class KernelRegressors:
             f = folder / f"kernel_{kind.strip('_')}.json"
             booster.save_model(str(f))
             files[kind] = f.name
-        return {"files": files, "counts": self.counts, "features": list(FEATURE_NAMES), "target": "log(latency_ms)"}
+        return {"files": files, "baseline": self.base, "counts": self.counts, "features": list(FEATURE_NAMES),
+                "target": "log(latency_ms) = baseline(log2 flops, log2 bytes, log2 params) + trees"}
 
     @classmethod
     def load(cls, folder: Path, meta: dict) -> "KernelRegressors":
@@ -106,6 +138,7 @@ class KernelRegressors:
             b.load_model(str(Path(folder) / fname))
             b.set_param({"nthread": 1})
             self.boosters[kind] = b
+        self.base = {k: list(v) for k, v in meta["baseline"].items()}
         self.counts = dict(meta.get("counts", {}))
         return self
 

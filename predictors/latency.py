@@ -20,6 +20,7 @@ import pandas as pd
 from hwlat.errors import HwlatError, UnknownDeviceError
 from hwlat.fusion import FusionRules, default_rules
 from hwlat.ir import ModelKernels, model_kernels
+from hwlat.kernels import param_count
 from hwlat.predictors.kernel_model import KernelRegressors
 from hwlat.store import LUT_CSV, find_device_dir
 
@@ -28,49 +29,77 @@ PREDICTOR_DIR = "predictor"
 
 @dataclass
 class Correction:
+    """``model_ms = a * sum(net kernel ms) + b * n_kernels + c + d * weight_MB``.
+
+    ``net`` removes the per-call cost of an isolated run. ``d`` prices weights that are warm in
+    cache when a kernel runs alone but cold inside a whole network (they are streamed once per
+    inference). Terms are kept only when leave-one-out error on the measured networks says so.
+    """
+
     a: float = 1.0
     b_ms: float = 0.0
     c_ms: float = 0.0
-    overhead_ms: float = 0.0          # per isolated call, subtracted from every kernel
+    d_ms_per_mb: float = 0.0
+    overhead_ms: float = 0.0
     fitted_on: int = 0
+    terms: str = "a"
     rmspe_before: float | None = None
     rmspe_after: float | None = None
 
-    def apply(self, net_sum_ms, n_kernels):
-        return self.a * net_sum_ms + self.b_ms * n_kernels + self.c_ms
+    def apply(self, net_sum_ms, n_kernels, weight_mb=0.0):
+        return self.a * net_sum_ms + self.b_ms * n_kernels + self.c_ms + self.d_ms_per_mb * weight_mb
 
     def net(self, kernel_ms: np.ndarray) -> np.ndarray:
         return np.maximum(kernel_ms - self.overhead_ms, 0.1 * kernel_ms)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in self.__dict__.items()}
 
 
-def fit_correction(net_sums: np.ndarray, counts: np.ndarray, measured: np.ndarray, overhead_ms: float) -> Correction:
-    """Least squares in relative error; kept only if it lowers RMSPE and stays physical."""
-    net_sums, counts, y = map(lambda v: np.asarray(v, float), (net_sums, counts, measured))
-    base = Correction(overhead_ms=overhead_ms, fitted_on=len(y))
+_TERMS = {"a": (0,), "ab": (0, 1), "ad": (0, 3), "abd": (0, 1, 3), "abc": (0, 1, 2)}
+
+
+def _solve(feats, y, cols):
+    w = 1.0 / y
+    coef, *_ = np.linalg.lstsq(feats[:, cols] * w[:, None], y * w, rcond=None)
+    full = dict(zip(cols, coef))
+    return full.get(0, 1.0), full.get(1, 0.0), full.get(2, 0.0), full.get(3, 0.0)
+
+
+def _physical(a, b, c, d, y) -> bool:
+    return 0.6 <= a <= 1.6 and -0.05 <= b <= 0.05 and abs(c) < 0.5 * np.median(y) and -0.05 <= d <= 0.2
+
+
+def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=None) -> Correction:
+    """Choose the correction terms by leave-one-out relative error; refit the winner on all."""
+    net_sums, counts, y = (np.asarray(v, float) for v in (net_sums, counts, measured))
+    mb = np.zeros_like(y) if weight_mb is None else np.asarray(weight_mb, float)
+    feats = np.stack([net_sums, counts, np.ones_like(y), mb], 1)
 
     def rmspe(pred):
         return float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
 
+    base = Correction(overhead_ms=overhead_ms, fitted_on=len(y), terms="none")
     base.rmspe_before = rmspe(net_sums)
-    best, best_err = base, base.rmspe_before
-    if len(y) >= 3:
-        w = 1.0 / y
-        for cols in ((0, 1), (0, 1, 2), (0,)):
-            feats = np.stack([net_sums, counts, np.ones_like(y)], 1)[:, cols]
-            coef, *_ = np.linalg.lstsq(feats * w[:, None], y * w, rcond=None)
-            full = dict(zip(cols, coef))
-            cand = Correction(a=full.get(0, 1.0), b_ms=full.get(1, 0.0), c_ms=full.get(2, 0.0),
-                              overhead_ms=overhead_ms, fitted_on=len(y))
-            if not (0.6 <= cand.a <= 1.6 and -0.05 <= cand.b_ms <= 0.05 and abs(cand.c_ms) < 0.5 * np.median(y)):
-                continue
-            err = rmspe(cand.apply(net_sums, counts))
-            if err < best_err - 1e-4:
-                best, best_err = cand, err
+    best, best_loo = base, base.rmspe_before
+    if len(y) < 4:
+        best.rmspe_after = best.rmspe_before
+        return best
+    for name, cols in _TERMS.items():
+        loo = np.empty(len(y))
+        ok = True
+        for i in range(len(y)):
+            m = np.arange(len(y)) != i
+            a, b, c, d = _solve(feats[m], y[m], cols)
+            ok &= _physical(a, b, c, d, y)
+            loo[i] = a * net_sums[i] + b * counts[i] + c + d * mb[i]
+        err = rmspe(loo)
+        if ok and err < best_loo - 1e-3:
+            a, b, c, d = _solve(feats, y, cols)
+            best = Correction(a, b, c, d, overhead_ms, len(y), name)
+            best_loo = err
     best.rmspe_before = base.rmspe_before
-    best.rmspe_after = best_err
+    best.rmspe_after = best_loo          # leave-one-out, not the training fit
     return best
 
 
@@ -95,7 +124,9 @@ class LatencyPredictor:
         self.correction = correction
         self.device_dir = device_dir
         fr = manifest.get("fusion_rules")
-        self.rules = FusionRules.from_dict(fr) if fr else default_rules(manifest.get("device", {}).get("backend", "generic"))
+        dev = manifest.get("device", {})
+        self.rules = FusionRules.from_dict(fr) if fr else default_rules(dev.get("backend", "generic"),
+                                                                        dev.get("precision", "fp32"))
         self._tables: dict = {}
 
     # -- loading -----------------------------------------------------------------------------
@@ -151,9 +182,11 @@ class LatencyPredictor:
         keys = mk.keys
         raw, sources, used = self.kernel_latencies(keys)
         net = self.correction.net(raw)
-        total = float(self.correction.apply(net.sum(), len(keys)))
+        mb = np.array([param_count(k.kernel) * 4e-6 for k in mk.kernels])
+        total = float(self.correction.apply(net.sum(), len(keys), mb.sum()))
         # per-kernel share of the corrected total, so the breakdown adds up to the prediction
-        share = net * self.correction.a + self.correction.b_ms + self.correction.c_ms / max(len(keys), 1)
+        c = self.correction
+        share = net * c.a + c.b_ms + c.c_ms / max(len(keys), 1) + c.d_ms_per_mb * mb
         preds = [KernelPrediction(k, float(s), src, u, inst.nodes)
                  for k, s, src, u, inst in zip(keys, share, sources, used, mk.kernels)]
         return total, preds
@@ -202,16 +235,17 @@ def _as_space_arch(obj):
 
 
 def _space_of(arch) -> str:
+    """The space an architecture (object, key string or native spec) belongs to."""
     from hwlat.search import spaces
 
-    name = type(arch).__name__
     for s in spaces.names():
         sp = spaces.get(s)
         try:
-            if type(sp.parse(arch)).__name__ == name:
-                return s
-        except Exception:  # noqa: BLE001
+            parsed = sp.parse(arch)
+        except Exception:  # noqa: BLE001 - not this space
             continue
+        if isinstance(arch, (str, dict, list, tuple)) or type(parsed) is type(arch):
+            return s
     raise HwlatError(f"cannot tell the search space of {arch!r}; pass space=")
 
 

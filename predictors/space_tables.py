@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from hwlat.ir import detect_kernels, load_onnx, torch_to_onnx, with_input_shape
-from hwlat.kernels import Kernel, parse_key
+from hwlat.kernels import Kernel, param_count, parse_key
 
-_BLOCK_RE = re.compile(r"^/0/(\d+)/")
-CACHE_VERSION = 1
+_BLOCK_RE = re.compile(r"^/0/(?:0\.)?(\d+)/")   # the OFA body is model[0][0]: /0/0.<j>/...
+CACHE_VERSION = 2
 
 
 def _cache_dir() -> Path:
@@ -159,25 +159,33 @@ class OFATable:
         self.widths = list(space.choices().get("w", [1.0]))
         records = ofa_records(space, predictor.rules)
         shape = (len(self.widths), len(O.RESOLUTIONS), O.N_BLOCKS, len(O.KS), len(O.EXPANDS))
-        self.net, self.cnt = np.zeros(shape), np.zeros(shape)
+        self.net, self.cnt, self.mb = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.fixed_net = np.zeros(shape[:2])
         self.fixed_cnt = np.zeros(shape[:2])
+        self.fixed_mb = np.zeros(shape[:2])
         keys = sorted({r[-1] for r in records})
         raw, _, _ = predictor.kernel_latencies(keys)
         net = dict(zip(keys, predictor.correction.net(raw)))
+        mb = {k: param_count(parse_key(k)) * 4e-6 for k in keys}
         for wi, ri, blk, ki, ei, key in records:
             if blk >= 0:
                 self.net[wi, ri, blk, ki, ei] += net[key]
                 self.cnt[wi, ri, blk, ki, ei] += 1
+                self.mb[wi, ri, blk, ki, ei] += mb[key]
             elif ki == 0 and ei == 0:   # stem and head are the same in every covering network
                 self.fixed_net[wi, ri] += net[key]
                 self.fixed_cnt[wi, ri] += 1
+                self.fixed_mb[wi, ri] += mb[key]
         self._k_lut = np.zeros(8, int)
         self._k_lut[list(O.KS)] = np.arange(len(O.KS))
         self._e_lut = np.zeros(8, int)
         self._e_lut[list(O.EXPANDS)] = np.arange(len(O.EXPANDS))
 
     def predict(self, archs) -> np.ndarray:
+        return self.predictor.correction.apply(*self.parts(archs))
+
+    def parts(self, archs):
+        """(net kernel ms, kernel count, weight MB) of each architecture, before correction."""
         O = self.O
         m = archs if isinstance(archs, np.ndarray) else self.space.to_matrix([self.space.parse(a) for a in archs])
         B = O.N_BLOCKS
@@ -192,7 +200,8 @@ class OFATable:
         b = np.arange(B)[None, :]
         net = (self.net[wi[:, None], ri[:, None], b, ki, ei] * active).sum(1) + self.fixed_net[wi, ri]
         cnt = (self.cnt[wi[:, None], ri[:, None], b, ki, ei] * active).sum(1) + self.fixed_cnt[wi, ri]
-        return self.predictor.correction.apply(net, cnt)
+        mb = (self.mb[wi[:, None], ri[:, None], b, ki, ei] * active).sum(1) + self.fixed_mb[wi, ri]
+        return net, cnt, mb
 
 
 def table_for(space, predictor):

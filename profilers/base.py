@@ -123,7 +123,7 @@ class Backend(abc.ABC):
     def compile(self, model: onnx.ModelProto, out_dir: Path, device: DeviceConfig) -> Path:
         """Write a deployable artifact of a whole model into ``out_dir``; return its path."""
 
-    def default_fusion_rules(self) -> dict:
+    def default_fusion_rules(self, precision: str = "fp32"):
         """Fusion rules used before any were detected for a device (see hwlat.fusion)."""
         from hwlat.fusion import default_rules
-        return default_rules(self.name)
+        return default_rules(self.name, precision)

@@ -90,7 +90,7 @@ def detect_rules(backend, config, workdir, protocol, *, budget_s: float = 60.0, 
         evidence[f"{chain}+{op}@{a.split('_')[1]}"] = round(ratio, 3)
         if ratio > 1 - MARGIN or ratio < MARGIN:   # clear verdicts only; noise leaves the default
             votes.setdefault((chain, op), []).append(ratio > 0.5)
-    default = backend.default_fusion_rules().fuse
+    default = backend.default_fusion_rules(config.precision).fuse
     decided = {p: v[0] for p, v in votes.items() if len(set(v)) == 1}
     fuse = frozenset(p for p in ((c, o) for c, o in CANDIDATES) if decided.get(p, p in default))
     # a chain can only grow from a fused prefix

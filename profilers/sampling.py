@@ -88,10 +88,17 @@ _ACTS = ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "tanh", "leak
 _SPATIAL = np.array([4, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160])
 
 
-def _ch(rng, lo, hi, align=0.85) -> int:
+def _ch(rng, lo, hi) -> int:
+    """Channel counts as networks use them: mostly multiples of 16 or 8, some odd (ShuffleNet's
+    58/116/232, Ghost modules): vector-width alignment changes the kernel a runtime picks."""
     c = int(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    if rng.random() < align:
+    u = rng.random()
+    if u < 0.5:
+        c = max(16, int(round(c / 16)) * 16)
+    elif u < 0.85:
         c = max(8, int(round(c / 8)) * 8)
+    elif u < 0.93:
+        c = max(2, int(round(c / 2)) * 2)
     return max(1, c)
 
 
@@ -112,7 +119,7 @@ def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: 
     conv_chains = _chains(rules, "conv", _ACTS + ("add",))
     gemm_chains = _chains(rules, "gemm", _ACTS)
     add_chains = _chains(rules, "add", _ACTS)
-    kinds = ["conv"] * 30 + ["dwconv"] * 22 + ["gconv"] * 5 + ["gemm"] * 4 + ["se"] * 8 + ["pool"] * 5 + \
+    kinds = ["conv"] * 30 + ["dwconv"] * 22 + ["bn"] * 1 + ["gconv"] * 5 + ["gemm"] * 4 + ["se"] * 8 + ["pool"] * 5 + \
             ["gap"] * 4 + ["add"] * 5 + ["act"] * 6 + ["concat"] * 4 + ["split"] * 2 + ["shuffle"] * 2 + \
             ["slice"] * 1 + ["reshape"] * 1 + ["const"] * 1
     out, seen = [], set()
@@ -163,6 +170,8 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains) -> Kernel | None:
         return Kernel(str(rng.choice(["maxpool", "avgpool"])), ((h, h, c),), (ho, ho, c), (("k", ks), ("s", s)))
     if kind == "gap":
         return Kernel("gap", ((h, h, c),), (1, 1, c))
+    if kind == "bn":
+        return Kernel("bn", ((h, h, c),), (h, h, c))
     if kind == "add":
         return Kernel(add_chains[rng.integers(len(add_chains))], ((h, h, c), (h, h, c)), (h, h, c))
     if kind == "act":
@@ -186,3 +195,60 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains) -> Kernel | None:
     if kind == "const":
         return Kernel(str(rng.choice(["addc", "mulc"])), ((h, h, c),), (h, h, c))
     return None
+
+
+def neighbours(key: str, seed: int = 0) -> list[str]:
+    """Kernels near ``key``: channels, spatial size and kernel size varied one at a time."""
+    from hwlat.kernels import parse_key
+
+    k = parse_key(key)
+    rng = np.random.default_rng(seed + hash(key) % 10007)
+    out = []
+    x = k.inputs[0]
+    if len(x) != 3 or len(k.output) != 3:
+        return out
+    h, w, cin = x
+    ho, wo, cout = k.output
+    g = k.attr("g", 1)
+    attrs = dict(k.attrs)
+
+    def mk(h2, cin2, cout2, attrs2):
+        s = attrs2.get("s", 1)
+        kk = attrs2.get("k", 1)
+        if k.base in ("conv", "maxpool", "avgpool"):
+            ho2 = _out(h2, kk, s) if ho == _out(h, kk, s) else max(1, (h2 - kk) // s + 1)
+        elif k.base == "gap":
+            ho2 = 1
+        else:
+            ho2 = h2
+        ins = [(h2, h2, cin2)] + [(ho2, ho2, cout2 if k.base == "conv" else cin2)] * (len(k.inputs) - 1)
+        try:
+            return Kernel(k.op, tuple(ins), (ho2, ho2, cout2), tuple(attrs2.items())).key
+        except Exception:  # noqa: BLE001
+            return None
+
+    same_c = cin == cout
+    for f in (0.75, 1.25):
+        c2 = max(8, int(round(cin * f / 8)) * 8)
+        a2 = dict(attrs)
+        if g == cin and g > 1:
+            a2["g"] = c2
+        elif g > 1:
+            continue
+        out.append(mk(h, c2, c2 if same_c or g == cin else cout, a2))
+    if k.base == "conv" and g == 1:
+        c2 = max(8, int(round(cout * float(rng.choice([0.75, 1.25])) / 8)) * 8)
+        out.append(mk(h, cin, c2, dict(attrs)))
+    hs = sorted(set(_SPATIAL.tolist()) | {h})
+    i = hs.index(h)
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(hs):
+            out.append(mk(hs[j], cin, cout, dict(attrs)))
+    if "k" in attrs and k.base == "conv" and attrs["k"] > 1:
+        for kk in (3, 5, 7):
+            if kk != attrs["k"]:
+                a2 = dict(attrs)
+                a2["k"] = kk
+                out.append(mk(h, cin, cout, a2))
+                break
+    return [o for o in out if o and o != key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -66,6 +67,16 @@ KERNELS = {
     "pad_i8x8x8_o10x10x8": "PAD",
     "softmax_i10_o10": "SOFTMAX",
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _family_bytes(family: str) -> bytes:
+    return litert_models.export(family).SerializeToString()
+
+
+def _family(family: str) -> onnx.ModelProto:
+    """Exported once per test session, shared by both precisions."""
+    return onnx.load_from_string(_family_bytes(family))
 
 
 def _compile(model, precision, tmp_path, name="m"):
@@ -156,6 +167,42 @@ def test_misc_onnx_ops(precision, tmp_path):
     _assert_close(check_against_onnxruntime(m, path), precision)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_torch_padded_maxpool_on_signed_input(precision, tmp_path):
+    # torch pads 1 on both sides where TFLite's SAME pads only after: PADV2(-inf) + VALID pool
+    import torch
+
+    from hwlat.ir import torch_to_onnx
+
+    torch.manual_seed(0)
+    mod = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.MaxPool2d(3, 2, 1), torch.nn.Conv2d(8, 8, 1))
+    m = torch_to_onnx(mod.eval(), (1, 3, 16, 16))
+    data, path = _compile(m, precision, tmp_path)
+    assert op_names(data) == ["CONV_2D", "PADV2", "MAX_POOL_2D", "CONV_2D"]
+    _assert_close(check_against_onnxruntime(m, path), precision)
+
+
+@pytest.mark.parametrize("size", [15, 16])
+@pytest.mark.parametrize("pool", [
+    dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    dict(kernel_size=3, stride=2, padding=1, count_include_pad=True),
+    dict(kernel_size=3, stride=2, padding=1, count_include_pad=True, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=1, count_include_pad=False, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=0, ceil_mode=True),
+])
+def test_average_pool_divisors(pool, size, tmp_path):
+    import torch
+
+    from hwlat.ir import torch_to_onnx
+
+    torch.manual_seed(0)
+    m = torch_to_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.AvgPool2d(**pool)).eval(),
+                      (1, 3, size, size))
+    for precision in ("fp32", "int8"):
+        _, path = _compile(m, precision, tmp_path)
+        _assert_close(check_against_onnxruntime(m, path), precision)
+
+
 def test_int8_weights_are_per_channel_symmetric(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -177,7 +224,7 @@ def test_int8_weights_are_per_channel_symmetric(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("family", sorted(litert_models.FAMILIES))
 def test_model_family_matches_onnxruntime(family, precision, tmp_path):
-    model = litert_models.export(family)
+    model = _family(family)
     data, path = _compile(model, precision, tmp_path, family)
     report = check_against_onnxruntime(model, path)
     _assert_close(report, precision)
@@ -186,39 +233,59 @@ def test_model_family_matches_onnxruntime(family, precision, tmp_path):
 
 
 def test_model_structure_is_what_the_official_converter_emits(tmp_path):
-    names = op_names(onnx_to_tflite(litert_models.export("mobilenet_v3")))
+    names = op_names(onnx_to_tflite(_family("mobilenet_v3")))
     assert "HARD_SWISH" in names and "BATCH_NORM" not in names and "RELU" not in names  # BN folded, ReLU fused
-    names = op_names(onnx_to_tflite(litert_models.export("shufflenet_v2")))
+    names = op_names(onnx_to_tflite(_family("shufflenet_v2")))
     assert names.count("TRANSPOSE") == 3        # one per channel shuffle, no NCHW round trips
-    names = op_names(onnx_to_tflite(litert_models.export("vgg")))
+    names = op_names(onnx_to_tflite(_family("vgg")))
     assert "TRANSPOSE" not in names             # flatten handled by permuting FC weights
 
 
-def _zoo():
+def _zoo_families():
     try:
         from hwlat import zoo
     except ImportError:
         return []
-    return zoo
+    return zoo.families()
+
+
+def _zoo_member(family):
+    from hwlat import zoo
+
+    return zoo, zoo.models(families=[family], ofa_count=1)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _zoo_small_bytes(family: str) -> tuple[str, bytes]:
+    import tempfile
+
+    zoo, member = _zoo_member(family)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"{member.name}.onnx"
+        zoo.export_module(member.build(), (1, 3, 64, 64), path)
+        return member.name, path.read_bytes()
+
+
+# every family of the validation zoo at 64x64 (VGG's 100M-parameter classifier only in the slow test)
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("family", [f for f in _zoo_families() if f != "vgg"])
+def test_validation_zoo_family_small(family, precision, tmp_path):
+    name, data = _zoo_small_bytes(family)
+    onnx_path = tmp_path / f"{name}.onnx"
+    onnx_path.write_bytes(data)
+    _, path = _compile(str(onnx_path), precision, tmp_path, name)
+    _assert_close(check_against_onnxruntime(str(onnx_path), path), precision)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_validation_zoo_families(precision, tmp_path):
-    zoo = _zoo()
-    if not zoo:
-        pytest.skip("hwlat.zoo not available")
-    seen = set()
-    for m in zoo.models():
-        family = getattr(m, "family", None) or str(getattr(m, "name", m)).split("-")[0]
-        if family in seen:
-            continue
-        seen.add(family)
-        onnx_path = tmp_path / f"{family}.onnx"
-        zoo.export_onnx(m, onnx_path)
-        data, path = _compile(str(onnx_path), precision, tmp_path, family)
-        _assert_close(check_against_onnxruntime(str(onnx_path), path), precision)
-    assert seen
+@pytest.mark.parametrize("family", _zoo_families())
+def test_validation_zoo_family_full_size(family, precision, tmp_path):
+    zoo, member = _zoo_member(family)
+    onnx_path = tmp_path / f"{member.name}.onnx"
+    zoo.export_onnx(member, onnx_path)
+    _, path = _compile(str(onnx_path), precision, tmp_path, member.name)
+    _assert_close(check_against_onnxruntime(str(onnx_path), path), precision)
 
 
 # -- backend -----------------------------------------------------------------------------
@@ -265,7 +332,7 @@ def test_fp16_is_a_clear_error(tmp_path):
 def test_compile_writes_a_runnable_file(precision, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    model = litert_models.export("mobilenet_v2")
+    model = _family("mobilenet_v2")
     path = get_backend("litert").compile(model, tmp_path / "out", _device(precision))
     assert path.suffix == ".tflite" and path.is_file() and path.parent == tmp_path / "out"
     it = Interpreter(model_path=str(path), num_threads=1)
@@ -274,6 +341,8 @@ def test_compile_writes_a_runnable_file(precision, tmp_path):
     out = it.get_tensor(it.get_output_details()[0]["index"])
     assert out.shape == (1, 10)
     assert check_against_onnxruntime(model, path)["precision"] == precision
+    check = read_metadata(path.read_bytes(), "hwlat_check")
+    assert check["precision"] == precision and (check["rel_err"] <= FP32_TOL or precision == "int8")
 
 
 def test_session_latency_is_positive_and_scales(tmp_path):

@@ -24,7 +24,7 @@ def test_families_and_names():
     assert len(names) == len(set(names))
     for fam in fams:
         members = [m for m in MODELS if m.family == fam]
-        assert 2 <= len(members) <= 6 or fam == "ofa", (fam, len(members))
+        assert 3 <= len(members) <= 6 or fam == "ofa", (fam, len(members))
     assert "mobilenetv2-w0.75-r224" in names and "ofa-002" in names
     assert len(zoo.models(["ofa"], ofa_count=20)) == 20
 

@@ -9,6 +9,7 @@ shared protocol. ``ai_edge_litert`` is imported only when the backend is used.
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,9 +18,11 @@ import onnx
 from hwlat.device import DeviceConfig
 from hwlat.errors import HwlatError
 from hwlat.profilers.base import Backend, BackendInfo, Builder, BuildInput, BuildResult
-from hwlat.protocol import TimedSession
+from hwlat.profilers.litert.runner import LiteRTSession, check_against_onnxruntime  # noqa: F401
+from hwlat.protocol import TimedSession  # noqa: F401 - the session type returned below
 
 PRECISIONS = ("fp32", "int8")
+FP32_TOLERANCE = 1e-3        # max abs error / max |reference| of a float32 model vs ONNX Runtime
 
 
 def _check_precision(device: DeviceConfig) -> str:
@@ -29,83 +32,37 @@ def _check_precision(device: DeviceConfig) -> str:
     return device.precision
 
 
-def _safe_name(key: str, i: int) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:120]
-    return f"{i:05d}_{keep}.tflite"
+def _file_name(key: str, precision: str) -> str:
+    """One stable file per key and precision: rebuilding a kernel overwrites its file."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    if safe != key or len(safe) > 120:
+        safe = f"{safe[:110]}-{zlib.crc32(key.encode()):08x}"
+    return f"{safe}.{precision}.tflite"
 
 
 class LiteRTBuilder(Builder):
-    """Compiles each ONNX input to ``<workdir>/<n>_<key>.tflite`` at the device's precision."""
+    """Compiles each ONNX input to ``<workdir>/tflite/<key>.<precision>.tflite``."""
 
     def __init__(self, device: DeviceConfig, workdir: Path):
         self.precision = _check_precision(device)
-        self.workdir = Path(workdir)
-        self._n = 0
+        self.outdir = Path(workdir) / "tflite"
 
     def build(self, inputs: Sequence[BuildInput]) -> list[BuildResult]:
         from hwlat.profilers.litert.converter import onnx_to_tflite
 
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.outdir.mkdir(parents=True, exist_ok=True)
         results = []
         for inp in inputs:
             t0 = time.perf_counter()
             try:
                 data = onnx_to_tflite(inp.model, self.precision)
-                path = self.workdir / _safe_name(inp.key, self._n)
-                self._n += 1
+                path = self.outdir / _file_name(inp.key, self.precision)
                 path.write_bytes(data)
                 results.append(BuildResult(inp.key, artifact=str(path), build_seconds=time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - errors are values in a batch
                 results.append(BuildResult(inp.key, error=f"{type(e).__name__}: {e}",
                                            build_seconds=time.perf_counter() - t0))
         return results
-
-
-class LiteRTSession(TimedSession):
-    """A loaded .tflite: inputs set once (random, in range for int8), then ``invoke`` timed."""
-
-    backend = "litert"
-
-    def __init__(self, artifact: Any, threads: int = 1, seed: int = 0):
-        super().__init__()
-        self.artifact = artifact
-        self.threads = threads
-        self.seed = seed
-        self._it = None
-
-    def _activate_impl(self) -> None:
-        import numpy as np
-
-        from hwlat.profilers.litert.runtime import make_interpreter
-
-        it = make_interpreter(self.artifact, self.threads)
-        rng = np.random.default_rng(self.seed)
-        for d in it.get_input_details():
-            x = rng.standard_normal(tuple(d["shape"])).astype(np.float32)
-            if d["dtype"] != np.float32:
-                scale, zp = d["quantization"]
-                x = np.clip(np.round(x / scale + zp), -128, 127)
-            it.set_tensor(d["index"], x.astype(d["dtype"]))
-        self._it = it
-
-    def _time_runs_impl(self, number: int) -> float:
-        invoke = self._it.invoke
-        t0 = time.perf_counter()
-        for _ in range(number):
-            invoke()
-        return time.perf_counter() - t0
-
-    def _infer_impl(self, feeds):
-        from hwlat.profilers.litert.runtime import run_tflite
-
-        if feeds is None:
-            self._it.invoke()
-            return [self._it.get_tensor(d["index"]) for d in self._it.get_output_details()]
-        arrays = list(feeds.values()) if isinstance(feeds, dict) else list(feeds)
-        return run_tflite(self.artifact, arrays, self.threads, interpreter=self._it)
-
-    def _deactivate_impl(self) -> None:
-        self._it = None
 
 
 class LiteRTBackend(Backend):
@@ -149,10 +106,20 @@ class LiteRTBackend(Backend):
         return LiteRTSession(artifact, threads=device.threads)
 
     def compile(self, model: onnx.ModelProto, out_dir: Path, device: DeviceConfig) -> Path:
+        """``<out_dir>/<model name>.tflite``, checked against ONNX Runtime on a random input: a
+        float32 model that disagrees is an error; the check's figures are stored in the file's
+        metadata (``hwlat_check``: max_abs_err, rel_err, cosine)."""
         from hwlat.profilers.litert.converter import onnx_to_tflite
+        from hwlat.profilers.litert.tflite_writer import add_metadata
 
         precision = _check_precision(device)
         data = onnx_to_tflite(model, precision)
+        report = check_against_onnxruntime(model, data, threads=device.threads)
+        if precision == "fp32" and report["rel_err"] > FP32_TOLERANCE:
+            raise HwlatError(f"the compiled .tflite disagrees with ONNX Runtime (max error {report['rel_err']:.2e} "
+                             f"of the output scale): a compiler bug, please report it with the model attached")
+        data = add_metadata(data, "hwlat_check", {k: report[k] for k in ("precision", "max_abs_err", "rel_err",
+                                                                         "cosine")})
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         name = (model.graph.name if isinstance(model, onnx.ModelProto) else Path(str(model)).stem) or "model"
@@ -164,8 +131,4 @@ class LiteRTBackend(Backend):
         return path
 
 
-def check_against_onnxruntime(onnx_model, tflite_path, **kw) -> dict:
-    """See :func:`hwlat.profilers.litert.runtime.check_against_onnxruntime`."""
-    from hwlat.profilers.litert.runtime import check_against_onnxruntime as check
-
-    return check(onnx_model, tflite_path, **kw)
+__all__ = ["LiteRTBackend", "LiteRTBuilder", "LiteRTSession", "check_against_onnxruntime"]

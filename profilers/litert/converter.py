@@ -107,14 +107,6 @@ class _Compiler(OpsMixin):
             hi = float(self.const(n.input[2], n))
         return (None if lo is None else float(lo)), (None if hi is None else float(hi))
 
-    def emit_act(self, act: str | None, v: Val, out_name: str, shape) -> Val:
-        if act is None:
-            return v
-        t = self.new(out_name, v.perm, shape)
-        code = {"relu": "RELU", "relu6": "RELU6", "relu_n1_to_1": "RELU_N1_TO_1"}[act]
-        self.g.op(code, [v.t], [t])
-        return Val(t, v.perm, nonneg=act in ("relu", "relu6"))
-
     def bind(self, name: str, v: Val) -> None:
         self.vals[name] = v
 
@@ -154,8 +146,10 @@ class _Compiler(OpsMixin):
         return self.g
 
     # -- convolution, dense ------------------------------------------------------------------
-    def spatial_padding(self, node, x_shape, out_shape, k, s, d):
-        """(mode, explicit pads [(before, after)] or None) for a 2-D window op."""
+    def spatial_padding(self, node, x_shape, out_shape, k, s, d, allow_same=True):
+        """(mode, explicit pads [(before, after)] or None) for a 2-D window op. TFLite's SAME
+        leaves padded cells out of average pools, so ``allow_same=False`` for ONNX pools that
+        count them."""
         pads = list(_attr(node, "pads", [0, 0, 0, 0]))
         auto = _attr(node, "auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
@@ -178,7 +172,7 @@ class _Compiler(OpsMixin):
                 same = False
         if all(b == 0 and a == 0 for b, a in explicit):
             return PAD_VALID, None
-        if same:
+        if same and allow_same:
             return PAD_SAME, None
         return PAD_VALID, explicit
 
@@ -258,25 +252,45 @@ class _Compiler(OpsMixin):
         self._fc(node, node.input[0], w.T, np.zeros(w.shape[1], np.float32))
 
     # -- pooling, reductions -----------------------------------------------------------------
-    def _pool(self, node, code, k, s, out_shape, explicit_value=None):
+    def _pool(self, node, code, k, s, out_shape, global_pool=False):
         x_shape = self.shape(node.input[0])
         x = self.to_layout(self.val(node.input[0], node), L.NHWC, x_shape, node.name)
-        mode, explicit = (PAD_VALID, None) if explicit_value == "global" else \
-            self.spatial_padding(node, x_shape, out_shape, k, s, [1, 1])
+        counts_pads = code == "AVERAGE_POOL_2D" and bool(_attr(node, "count_include_pad", 0))
+        mode, explicit = (PAD_VALID, None) if global_pool else \
+            self.spatial_padding(node, x_shape, out_shape, k, s, [1, 1], allow_same=not counts_pads)
+        divisor_fix = None
         if explicit:
+            fill = 0.0 if code == "AVERAGE_POOL_2D" or x.nonneg else float(np.finfo(np.float32).min)
             if code == "AVERAGE_POOL_2D":
-                if not _attr(node, "count_include_pad", 0) or _attr(node, "ceil_mode", 0):
-                    raise UnsupportedOpError("AveragePool(padding TFLite cannot express)", node.name, _BACKEND)
-                x, _ = self.pad_spatial(x, x_shape, explicit, 0.0, node.name)
-            else:
-                fill = 0.0 if x.nonneg else float(np.finfo(np.float32).min)
-                x, _ = self.pad_spatial(x, x_shape, explicit, fill, node.name)
-        act, out_name = self.fuse_act(node)
+                divisor_fix = self._avg_divisor_fix(node, x_shape, out_shape, k, s, explicit)
+            x, _ = self.pad_spatial(x, x_shape, explicit, fill, node.name)
+        act, out_name = self.fuse_act(node) if divisor_fix is None else (None, node.output[0])
         y = self.new(out_name, L.NHWC, out_shape)
         self.g.op(code, [x.t], [y], self.g.options(
             "Pool2DOptions", padding=mode, strideH=s[0], strideW=s[1], filterHeight=k[0], filterWidth=k[1],
             fusedActivationFunction=FUSED_ACT[act]))
+        if divisor_fix is not None:      # the pool divided by k*k everywhere; ONNX divides by fewer
+            t = y
+            y = self.new(out_name + "_divisor", L.NHWC, out_shape)
+            self.g.op("MUL", [t, self.g.const(divisor_fix)], [y], self.g.options("MulOptions"))
         self.bind(out_name, Val(y, L.NHWC, nonneg=x.nonneg or act in ("relu", "relu6")))
+
+    def _avg_divisor_fix(self, node, x_shape, out_shape, k, s, explicit):
+        """k*k / (ONNX divisor) per output position, or None when ONNX divides by k*k everywhere.
+
+        ONNX counts the padded cells only with count_include_pad, and never the cells a ceil-mode
+        window reaches past the padding."""
+        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        include = bool(_attr(node, "count_include_pad", 0))
+        counts = []
+        for i in range(2):
+            lo, hi = (-pads[i], x_shape[2 + i] + pads[2 + i]) if include else (0, x_shape[2 + i])
+            start = np.arange(out_shape[2 + i]) * s[i] - explicit[i][0]
+            counts.append(np.clip(np.minimum(start + k[i], hi) - np.maximum(start, lo), 0, None))
+        div = np.outer(counts[0], counts[1]).astype(np.float64)
+        if np.all(div == k[0] * k[1]):
+            return None
+        return (k[0] * k[1] / np.maximum(div, 1)).astype(np.float32).reshape(1, out_shape[2], out_shape[3], 1)
 
     def op_MaxPool(self, node):
         if len(node.output) > 1 and node.output[1]:
@@ -292,7 +306,7 @@ class _Compiler(OpsMixin):
 
     def op_GlobalMaxPool(self, node):
         x_shape = self.shape(node.input[0])
-        self._pool(node, "MAX_POOL_2D", list(x_shape[2:]), [1, 1], self.shape(node.output[0]), "global")
+        self._pool(node, "MAX_POOL_2D", list(x_shape[2:]), [1, 1], self.shape(node.output[0]), global_pool=True)
 
     def _mean(self, node, axes, keep):
         x_shape = self.shape(node.input[0])
@@ -356,4 +370,4 @@ def onnx_to_tflite(model, precision: str = "fp32", *, calibration_samples: int =
     raise HwlatError(f"precision '{precision}' is not supported by the litert backend: use fp32 or int8")
 
 
-from hwlat.profilers.litert.runtime import check_against_onnxruntime  # noqa: E402,F401 - public here too
+from hwlat.profilers.litert.runner import check_against_onnxruntime  # noqa: E402,F401 - public here too

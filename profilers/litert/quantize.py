@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwlat.errors import HwlatError
-from hwlat.profilers.litert.tflite_writer import METADATA_NAME, read_metadata
+from hwlat.profilers.litert.tflite_writer import METADATA_NAME, add_metadata, read_metadata
 
 
 def calibration_inputs(model_bytes: bytes, samples: int, seed: int) -> list[list[np.ndarray]]:
@@ -44,25 +44,37 @@ def quantize_int8(float_model: bytes, *, samples: int = 8, seed: int = 0) -> byt
     except Exception as e:  # noqa: BLE001 - the pybind layer raises plain RuntimeError/ValueError
         raise HwlatError(f"int8 quantization failed: {str(e).strip().splitlines()[-1][:300]}; "
                          f"compile with precision fp32 instead") from None
-    out = bytes(out)
+    out = _quantize_pad_constants(bytes(out))
     if read_metadata(out) is None:
-        out = _copy_metadata(float_model, out)
+        out = add_metadata(out, METADATA_NAME, read_metadata(float_model))
     return out
 
 
-def _copy_metadata(src: bytes, dst: bytes) -> bytes:
+def _quantize_pad_constants(model: bytes) -> bytes:
+    """The quantizer leaves PADV2's pad value in float (LiteRT then refuses the model); give it
+    the int8 input's parameters. -FLT_MAX (max-pool padding) becomes -128, still the minimum."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
-    meta = read_metadata(src)
-    m = fb.ModelT.InitFromPackedBuf(bytearray(dst), 0)
-    b = fb.BufferT()
-    import json
-    b.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-    m.buffers.append(b)
-    md = fb.MetadataT()
-    md.name, md.buffer = METADATA_NAME, len(m.buffers) - 1
-    m.metadata = (m.metadata or []) + [md]
-    builder = flatbuffers.Builder(len(dst) + 1024)
+    m = fb.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    changed = False
+    for g in m.subgraphs:
+        for op in g.operators:
+            if m.operatorCodes[op.opcodeIndex].builtinCode != fb.BuiltinOperator.PADV2:
+                continue
+            x, c = g.tensors[op.inputs[0]], g.tensors[op.inputs[2]]
+            if x.type != fb.TensorType.INT8 or c.type != fb.TensorType.FLOAT32:
+                continue
+            value = np.frombuffer(bytes(m.buffers[c.buffer].data), dtype=np.float32)
+            scale, zp = float(x.quantization.scale[0]), int(x.quantization.zeroPoint[0])
+            q = np.clip(np.round(value.astype(np.float64) / scale + zp), -128, 127).astype(np.int8)
+            m.buffers[c.buffer].data = np.frombuffer(q.tobytes(), dtype=np.uint8)
+            c.type = fb.TensorType.INT8
+            c.quantization = fb.QuantizationParametersT()
+            c.quantization.scale, c.quantization.zeroPoint = [scale], [zp]
+            changed = True
+    if not changed:
+        return model
+    builder = flatbuffers.Builder(len(model) + 1024)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

@@ -153,6 +153,24 @@ class TFLiteGraph:
         return bytes(builder.Output())
 
 
+def add_metadata(model_bytes: bytes, name: str, payload: dict) -> bytes:
+    """The model with one more JSON metadata entry (an existing entry of that name is replaced)."""
+    import flatbuffers
+
+    fb = _schema()
+    m = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    b = fb.BufferT()
+    b.data = np.frombuffer(json.dumps(payload, sort_keys=True).encode(), dtype=np.uint8)
+    m.buffers.append(b)
+    md = fb.MetadataT()
+    md.name, md.buffer = name, len(m.buffers) - 1
+    m.metadata = [x for x in (m.metadata or []) if (x.name.decode() if isinstance(x.name, bytes) else x.name) != name]
+    m.metadata.append(md)
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def read_metadata(model_bytes: bytes, name: str = METADATA_NAME) -> dict | None:
     """The JSON metadata entry ``name`` of a .tflite model, or None."""
     fb = _schema()

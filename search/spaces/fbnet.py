@@ -129,7 +129,8 @@ class FBNetSpace(Space):
         m = np.asarray(m, dtype=np.int64)
         n = len(m)
         out = np.zeros((n, N_LAYERS * len(OPS) + 2), np.float32)
-        out[:, :N_LAYERS * len(OPS)] = np.take(np.eye(len(OPS), dtype=np.float32), m, axis=0).reshape(n, -1)
+        one_hot = np.take(np.eye(len(OPS), dtype=np.float32), m, axis=0)
+        out[:, :N_LAYERS * len(OPS)] = one_hot.reshape(n, N_LAYERS * len(OPS))
         out[:, -2] = (m == _OP_INDEX["skip"]).sum(axis=1)
         out[:, -1] = (_MACS[np.arange(N_LAYERS)[None, :], m].sum(axis=1) + _FIXED_MACS) / 1e9
         return out

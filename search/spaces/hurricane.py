@@ -193,7 +193,7 @@ class HurricaneSpace(Space):
         m = np.asarray(m, dtype=np.int64)
         n = len(m)
         out = np.empty((n, N_LAYERS * _FEATS.shape[1] + 1), np.float32)
-        out[:, :-1] = np.take(_FEATS, m, axis=0).reshape(n, -1)
+        out[:, :-1] = np.take(_FEATS, m, axis=0).reshape(n, N_LAYERS * _FEATS.shape[1])
         out[:, -1] = (_MACS[np.arange(N_LAYERS)[None, :], m].sum(axis=1) + _FIXED_MACS) / 1e9
         return out
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -180,7 +181,12 @@ class OFAMobileNetV3Space(Space):
         return m
 
     def to_matrix(self, archs: Sequence[OFAArch]) -> np.ndarray:
-        return rows_of(archs, lambda a: (*a.ks, *a.e, *a.d, a.r, round(10 * a.w)), N_COLS)
+        m = rows_of(archs, lambda a: (*a.ks, *a.e, *a.d, a.r, round(10 * a.w)), N_COLS)
+        # an OFAArch built by hand may carry values in skipped blocks: rows are always canonical
+        skipped = ~_active_mask(m[:, _D0:_R])
+        m[:, :N_BLOCKS][skipped] = 0
+        m[:, N_BLOCKS:_D0][skipped] = 0
+        return m
 
     def from_matrix(self, m: np.ndarray) -> list[OFAArch]:
         m = np.asarray(m)
@@ -202,10 +208,10 @@ class OFAMobileNetV3Space(Space):
         r = m[:, _R].astype(np.float32)
         out = np.empty((n, 6 * N_BLOCKS + 3 * N_UNITS + 5), np.float32)
         # one-hot by table lookup (value -> row of the table): faster than comparisons
-        out[:, :3 * N_BLOCKS] = np.take(_ONE_HOT_KS, ks, axis=0).reshape(n, -1)
-        out[:, 3 * N_BLOCKS:6 * N_BLOCKS] = np.take(_ONE_HOT_E, e, axis=0).reshape(n, -1)
+        out[:, :3 * N_BLOCKS] = np.take(_ONE_HOT_KS, ks, axis=0).reshape(n, 3 * N_BLOCKS)
+        out[:, 3 * N_BLOCKS:6 * N_BLOCKS] = np.take(_ONE_HOT_E, e, axis=0).reshape(n, 3 * N_BLOCKS)
         c = 6 * N_BLOCKS + 3 * N_UNITS
-        out[:, 6 * N_BLOCKS:c] = np.take(_ONE_HOT_D, d, axis=0).reshape(n, -1)
+        out[:, 6 * N_BLOCKS:c] = np.take(_ONE_HOT_D, d, axis=0).reshape(n, 3 * N_UNITS)
         out[:, c] = (r - RESOLUTIONS[0]) / (RESOLUTIONS[-1] - RESOLUTIONS[0])
         out[:, c + 1] = (r / 224.0) ** 2
         out[:, c + 2] = m[:, _W] / 10.0
@@ -214,13 +220,14 @@ class OFAMobileNetV3Space(Space):
         return out
 
     def macs_matrix(self, m: np.ndarray) -> np.ndarray:
-        """Multiply-accumulates of each row (float64), vectorised over the matrix."""
+        """Multiply-accumulates of each row (float64): one table gather, no per-row Python."""
         m = np.asarray(m)
-        total = np.zeros(len(m), np.float64)
-        for w10 in np.unique(m[:, _W]):
-            rows = m[:, _W] == w10
-            total[rows] = _macs_one_width(m[rows], w10 / 10.0)
-        return total
+        blocks, fixed = _macs_tables()
+        wi = np.searchsorted(np.array([round(10 * w) for w in WIDTHS]), m[:, _W])
+        ri = (m[:, _R].astype(np.int64) - RESOLUTIONS[0]) // 4
+        per_block = blocks[wi[:, None], ri[:, None], np.arange(N_BLOCKS)[None, :], m[:, :N_BLOCKS],
+                           m[:, N_BLOCKS:_D0]]
+        return per_block.sum(axis=1) + fixed[wi, ri]
 
     # -- models -----------------------------------------------------------------------------
     def input_shape(self, arch: OFAArch) -> tuple[int, int, int, int]:
@@ -251,32 +258,30 @@ class OFAMobileNetV3Space(Space):
         return finish(model)
 
 
-def _macs_one_width(m: np.ndarray, w: float) -> np.ndarray:
-    ch = _channels(w)
-    r = m[:, _R].astype(np.float64)
-    h = np.ceil(r / 2)                       # after the stride-2 stem
-    macs = h * h * 3 * 9 * ch["stem"]
-    macs += h * h * ch["stem"] * (9 + ch["first"])
-    cin = ch["first"]
-    for u, (_, stride, _act, se) in enumerate(UNITS):
-        cout = ch["units"][u]
-        for i in range(MAX_DEPTH):
-            b = MAX_DEPTH * u + i
-            c_in = cin if i == 0 else cout
-            h_out = np.ceil(h / stride) if i == 0 else h
-            mid_table = np.zeros(8)
-            for e in EXPANDS:
-                mid_table[e] = make_divisible(round(c_in * e), 8)
-            mid = mid_table[m[:, N_BLOCKS + b]]   # 0 for skipped blocks
-            k2 = m[:, b].astype(np.float64) ** 2
-            macs += h * h * c_in * mid + h_out * h_out * mid * (k2 + cout)
-            if se:
-                se_table = np.zeros(8)
-                for e in EXPANDS:
-                    se_table[e] = make_divisible(mid_table[e] // 4, 8)
-                macs += 2 * mid * se_table[m[:, N_BLOCKS + b]]
-            if i == 0:
-                h = h_out
-        cin = cout
-    macs += h * h * cin * ch["final"] + ch["final"] * ch["last"] + ch["last"] * NUM_CLASSES
-    return macs
+@lru_cache(maxsize=1)
+def _macs_tables() -> tuple[np.ndarray, np.ndarray]:
+    """MACs of block b with kernel k and expand e at width w and resolution r:
+    ``blocks[wi, ri, b, k, e]`` (0 where k or e is 0, i.e. a skipped block); stem, first block
+    and head: ``fixed[wi, ri]``."""
+    blocks = np.zeros((len(WIDTHS), len(RESOLUTIONS), N_BLOCKS, max(KS) + 1, max(EXPANDS) + 1))
+    fixed = np.zeros((len(WIDTHS), len(RESOLUTIONS)))
+    for wi, w in enumerate(WIDTHS):
+        ch = _channels(w)
+        for ri, r in enumerate(RESOLUTIONS):
+            h = -(-r // 2)                       # after the stride-2 stem
+            fixed[wi, ri] = h * h * 3 * 9 * ch["stem"] + h * h * ch["stem"] * (9 + ch["first"])
+            cin = ch["first"]
+            for u, (_, stride, _act, se) in enumerate(UNITS):
+                cout = ch["units"][u]
+                h_out = -(-h // stride)
+                for i in range(MAX_DEPTH):
+                    c_in, h_in = (cin, h) if i == 0 else (cout, h_out)
+                    for e in EXPANDS:
+                        mid = make_divisible(round(c_in * e), 8)
+                        se_macs = 2 * mid * make_divisible(mid // 4, 8) if se else 0
+                        for k in KS:
+                            blocks[wi, ri, MAX_DEPTH * u + i, k, e] = (
+                                h_in * h_in * c_in * mid + h_out * h_out * mid * (k * k + cout) + se_macs)
+                h, cin = h_out, cout
+            fixed[wi, ri] += h * h * cin * ch["final"] + ch["final"] * ch["last"] + ch["last"] * NUM_CLASSES
+    return blocks, fixed

@@ -1,14 +1,17 @@
-"""Run compiled .tflite models from ONNX-layout inputs, and check them against ONNX Runtime."""
+"""Run .tflite models: the timed session, ONNX-layout inference, the check against ONNX Runtime."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from hwlat.errors import BadModelError
+from hwlat.protocol import TimedSession
 from hwlat.profilers.litert.tflite_writer import read_metadata
 
 
@@ -64,6 +67,47 @@ def run_tflite(artifact, feeds: list[np.ndarray], threads: int = 1, interpreter=
         perm = io["outputs"][k]["perm"] if io else list(range(y.ndim))
         res.append(y.transpose(np.argsort(perm)))
     return res
+
+
+class LiteRTSession(TimedSession):
+    """A loaded .tflite: inputs set once (random, in range for int8), then ``invoke`` timed."""
+
+    backend = "litert"
+
+    def __init__(self, artifact: Any, threads: int = 1, seed: int = 0):
+        super().__init__()
+        self.artifact = artifact
+        self.threads = threads
+        self.seed = seed
+        self._it = None
+
+    def _activate_impl(self) -> None:
+        it = make_interpreter(self.artifact, self.threads)
+        rng = np.random.default_rng(self.seed)
+        for d in it.get_input_details():
+            x = rng.standard_normal(tuple(d["shape"])).astype(np.float32)
+            if d["dtype"] != np.float32:
+                scale, zp = d["quantization"]
+                x = np.clip(np.round(x / scale + zp), -128, 127)
+            it.set_tensor(d["index"], x.astype(d["dtype"]))
+        self._it = it
+
+    def _time_runs_impl(self, number: int) -> float:
+        invoke = self._it.invoke
+        t0 = time.perf_counter()
+        for _ in range(number):
+            invoke()
+        return time.perf_counter() - t0
+
+    def _infer_impl(self, feeds):
+        if feeds is None:
+            self._it.invoke()
+            return [self._it.get_tensor(d["index"]) for d in self._it.get_output_details()]
+        arrays = list(feeds.values()) if isinstance(feeds, dict) else list(feeds)
+        return run_tflite(self.artifact, arrays, self.threads, interpreter=self._it)
+
+    def _deactivate_impl(self) -> None:
+        self._it = None
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:

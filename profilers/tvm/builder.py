@@ -1,0 +1,217 @@
+"""ONNX -> Relax -> (tuned) compiled library, for single kernels and whole models.
+
+Pipeline: ``from_onnx`` (static shapes, weights bound as constants) -> the shared preparation
+(legalize + fuse; the same passes for tuning-task extraction and for compiling, so records found
+while tuning match when compiling) -> MetaSchedule tuning of the missing tasks when the device
+asks for trials -> apply the device's database -> lower -> ``tvm.compile`` -> export (``.so``
+when a linker for the target exists, else ``.tar``). Next to each library a small JSON sidecar
+says what it is: inputs, target, tuned tasks, versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+
+from hwlat.device import DeviceConfig, write_json_atomic
+from hwlat.errors import BadModelError
+from hwlat.profilers.base import BuildInput, BuildResult, Builder
+
+SIDECAR_SUFFIX = ".json"
+
+
+def input_specs(model: onnx.ModelProto) -> list[dict]:
+    """Name, static shape and dtype of each graph input (initializers excluded)."""
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if any(d <= 0 for d in shape):
+            raise BadModelError(f"input '{inp.name}' of the model has a dynamic shape {shape}: TVM builds "
+                                f"static shapes only; export the model with a fixed input shape")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        out.append({"name": inp.name, "shape": shape, "dtype": dtype})
+    return out
+
+
+def to_relax(model: onnx.ModelProto):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    specs = input_specs(model)
+    return from_onnx(model, shape_dict={s["name"]: s["shape"] for s in specs},
+                     dtype_dict={s["name"]: s["dtype"] for s in specs}, keep_params_in_input=False)
+
+
+def prepare(mod, target: dict):
+    """Legalize and fuse: the Relax module whose TIR functions are the tuning tasks."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as rp
+
+    t = tvm.target.Target(target)
+    try:
+        dispatch = rp.library_dispatch_passes(t)
+    except ValueError:    # kinds without a Relax backend (hexagon, c, ...): no library dispatch
+        dispatch = []
+    try:
+        legalize = rp.legalize_passes(t)
+    except ValueError:    # ... and the generic legalize + fuse the CPU backend uses
+        legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                    relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with t:
+        seq = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+               *dispatch, *legalize]
+        return tvm.transform.Sequential(seq)(mod)
+
+
+def _lower_passes():
+    from tvm import relax
+
+    # the CPU backend does not export its lowering lists in 0.27 (relax.pipeline's helpers raise
+    # AttributeError for llvm); these are the ones its default pipeline runs
+    return [relax.transform.RewriteDataflowReshape(), relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(), relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(), relax.transform.LowerAllocTensor(),
+            relax.transform.KillAfterLastUse(), relax.transform.LowerRuntimeBuiltin(),
+            relax.transform.ComputePrimValue(), relax.transform.VMShapeLower(),
+            relax.transform.AttachGlobalSymbol()]
+
+
+def compile_prepared(prepared, target: dict, database=None):
+    """Apply the tuning records (if any) and compile a prepared module to a VM executable."""
+    import contextlib
+
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.utils import BackendDispatcher
+
+    t = tvm.target.Target(target)
+    db_ctx = database if database is not None else contextlib.nullcontext()
+    with t, db_ctx, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase()(prepared) if database is not None else prepared
+        if BackendDispatcher.is_gpu_target(t):
+            from tvm.s_tir import dlight as dl
+
+            # GPU kernels must bind threads to run at all; dlight schedules what tuning did not
+            mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+        return tvm.compile(mod, t, relax_pipeline=tvm.transform.Sequential(_lower_passes()))
+
+
+def versions() -> dict:
+    import tvm
+
+    out = {"tvm": tvm.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["tvm_ffi"] = version("apache-tvm-ffi")
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    try:
+        from tvm.target import codegen
+
+        out["llvm"] = codegen.llvm_version_major()
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def read_sidecar(artifact: str | Path) -> dict:
+    p = Path(str(artifact) + SIDECAR_SUFFIX)
+    if not p.is_file():
+        return {}
+    return json.loads(p.read_text())
+
+
+def build_model(model: onnx.ModelProto, target: dict, stem: Path, device: DeviceConfig, db_dir: Path | None,
+                *, trials: int = 0, kind: str = "kernel", workers=None) -> tuple[Path, dict]:
+    """Compile ``model`` for ``target`` into ``<stem>.so|.tar`` (+ sidecar); tune first if asked."""
+    from hwlat.profilers.tvm import target as tgt
+    from hwlat.profilers.tvm import tuning
+
+    specs = input_specs(model)
+    prepared = prepare(to_relax(model), target)
+    report = tuning.TuneReport()
+    tune_models = (device.options or {}).get("tune_models", True)
+    if trials > 0 and db_dir is not None and (kind == "kernel" or tune_models):
+        b, r = workers() if workers is not None else (None, None)
+        report = tuning.tune(prepared, target, db_dir, trials, device, builder=b, runner=r)
+    elif db_dir is not None:
+        db = tuning.open_database(db_dir)
+        tasks = tuning.extract_tasks(prepared, target)
+        report = tuning.TuneReport(tasks=len(tasks), tuned_before=sum(tuning.is_tuned(t, db, target) for t in tasks))
+    database = tuning.open_database(db_dir) if db_dir is not None else None
+    if database is not None:
+        tgt.load_tensor_intrinsics(target)   # tuned traces may tensorize
+    executable = compile_prepared(prepared, target, database)
+    path = tgt.export(executable, stem, target, device.options)
+    meta = {"inputs": specs, "target": target, "tuned": report.covered > 0,
+            "tuning": report.to_dict(), "tuning_db": str(db_dir) if db_dir else None,
+            "toolchain": tgt.toolchain(target, device.options)[2], "versions": versions(), "kind": kind}
+    write_json_atomic(Path(str(path) + SIDECAR_SUFFIX), meta)
+    return path, meta
+
+
+class TVMBuilder(Builder):
+    """Kernels and models of one device; libraries cached by content under ``<workdir>/tvm_build``."""
+
+    def __init__(self, device: DeviceConfig, workdir: Path, target: dict):
+        from hwlat.profilers.tvm import tuning
+
+        self.device = device
+        self.workdir = Path(workdir)
+        self.target = target
+        self.trials = int((device.options or {}).get("tune_trials", 0))
+        self.db_dir = tuning.tuning_dir(device, self.workdir)
+        self.out_dir = self.workdir / "tvm_build"
+        self._ms_workers = None
+
+    def _workers(self):
+        """MetaSchedule's builder and runner, started once and shared by every kernel tuned here."""
+        from hwlat.profilers.tvm import tuning
+        from hwlat.profilers.tvm.target import load_tensor_intrinsics
+
+        if self._ms_workers is None:
+            load_tensor_intrinsics(self.target)
+            self._ms_workers = (tuning.make_ms_builder(self.device, self.target),
+                                tuning.make_ms_runner(self.device, self.target))
+        return self._ms_workers
+
+    def _stem(self, inp: BuildInput) -> Path:
+        from hwlat.profilers.tvm import tuning
+
+        h = hashlib.sha256(inp.model.SerializeToString(deterministic=True))
+        h.update(json.dumps(self.target, sort_keys=True).encode())
+        # a library built without records must not be reused once the device has some
+        h.update(f"{self.trials}:{tuning.has_records(self.db_dir)}".encode())
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in inp.key)[:80]
+        return self.out_dir / f"{safe}-{h.hexdigest()[:12]}"
+
+    def build(self, inputs: Sequence[BuildInput]) -> list[BuildResult]:
+        out = []
+        for inp in inputs:
+            t0 = time.perf_counter()
+            try:
+                stem = self._stem(inp)
+                cached = [p for p in (Path(str(stem) + ".so"), Path(str(stem) + ".tar"))
+                          if p.is_file() and Path(str(p) + SIDECAR_SUFFIX).is_file()]
+                if cached:
+                    path = cached[0]
+                else:
+                    path, _ = build_model(inp.model, self.target, stem, self.device, self.db_dir,
+                                          trials=self.trials, kind=inp.kind, workers=self._workers)
+                out.append(BuildResult(inp.key, str(path), None, time.perf_counter() - t0))
+            except Exception as e:  # noqa: BLE001 - one bad kernel must not stop a long profile
+                msg = str(e).strip().splitlines()
+                out.append(BuildResult(inp.key, None, f"{type(e).__name__}: {msg[0] if msg else ''}"[:500],
+                                       time.perf_counter() - t0))
+        return out

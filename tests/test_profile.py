@@ -1,0 +1,116 @@
+"""Real profiles on ONNX Runtime: small budgets, real sessions, real interruption."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import hwlat
+from hwlat.errors import DeviceBusyError, HwlatError
+from hwlat.protocol import Protocol
+from hwlat.store import DeviceStore
+
+QUICK = Protocol(warmup_ms=1.0, trials=3, min_trial_ms=0.3, max_retries=0, passes=2)
+
+
+def _profile(name, home, **kw):
+    args = dict(device=name, backend="onnxruntime", threads=1, spaces=[], budget_minutes=2, lut_dir=home / "devices",
+                protocol=QUICK, prior=60, arch_samples=0, detect_fusion=False)
+    args.update(kw)
+    return hwlat.profile(**args)
+
+
+def test_profile_store_predict_round_trip(hwlat_home, tiny_onnx, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.onnx").write_bytes(tiny_onnx.read_bytes())
+    dev = _profile("dev-a", hwlat_home, models=str(models))
+    s = dev.summary
+    assert s["kernels_measured"] >= 60 and s["errors"] == 0
+    manifest = json.loads((dev.path / "device.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["device"]["backend"] == "onnxruntime"
+    assert manifest["versions"]["onnxruntime"] and manifest["host"]["cores"] >= 1
+    assert manifest["call_overhead_ms"] > 0
+    lut = pd.read_csv(dev.path / "lut.csv")
+    assert {"key", "latency_ms", "passes"} <= set(lut.columns) and (lut["latency_ms"] > 0).all()
+    assert (lut["passes"] == 2).all()
+    assert not list(dev.path.rglob("*.pkl"))
+    assert (dev.path / "predictor" / "predictor.json").is_file()
+
+    p = hwlat.load_predictor("dev-a", lut_dir=hwlat_home / "devices")
+    b = p.breakdown(tiny_onnx)
+    # the model's own kernels were profiled first (--models): all are LUT hits
+    assert all(k["source"] == "lut" for k in b["kernels"])
+    assert b["latency_ms"] == pytest.approx(sum(k["latency_ms"] for k in b["kernels"]), rel=1e-6)
+    measured = hwlat.measure(tiny_onnx, backend="onnxruntime", threads=1, passes=2).median_ms
+    assert 0.3 < b["latency_ms"] / measured < 3.0
+    # a kernel never measured is estimated by a regressor, and says so
+    keys, src, used = p.kernel_latencies(["conv-relu_i19x19x40_o19x19x72_k3_s1_g1"])
+    assert src == ["model"] and keys[0] > 0 and used[0] in ("conv", "_global")
+
+
+def test_unknown_space_and_bad_budget_write_nothing(hwlat_home):
+    with pytest.raises(HwlatError, match="unknown search space"):
+        _profile("dev-b", hwlat_home, spaces=["nope"])
+    with pytest.raises(HwlatError, match="budget"):
+        _profile("dev-b", hwlat_home, budget_minutes=0)
+    assert not (hwlat_home / "devices" / "dev-b").exists()
+
+
+def test_lock_refuses_a_second_profiler(hwlat_home):
+    from hwlat.device import DeviceConfig
+
+    cfg = DeviceConfig("dev-c", "onnxruntime")
+    s1 = DeviceStore.create(cfg, hwlat_home / "devices").lock()
+    try:
+        with pytest.raises(DeviceBusyError):
+            DeviceStore.create(cfg, hwlat_home / "devices").lock()
+    finally:
+        s1.close()
+    DeviceStore.create(cfg, hwlat_home / "devices").lock().close()   # free again once released
+
+
+def _count(db):
+    c = sqlite3.connect(str(db))
+    try:
+        return c.execute("SELECT count(*), count(DISTINCT key || ':' || pass) FROM measurements").fetchone()
+    finally:
+        c.close()
+
+
+def test_interrupted_profile_resumes_losing_at_most_one(hwlat_home):
+    lut_dir = hwlat_home / "devices"
+    cmd = [sys.executable, "-m", "hwlat.cli", "profile", "--backend", "onnxruntime", "--device", "dev-int",
+           "--budget-minutes", "5", "--lut-dir", str(lut_dir), "--prior", "150", "--no-fusion-detection", "--json"]
+    env = dict(os.environ)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    db = lut_dir / "dev-int" / "measurements.sqlite"
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if db.is_file():
+            try:
+                if _count(db)[0] >= 40:
+                    break
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-500:]
+    assert b"resume" in err
+    rows, distinct = _count(db)
+    assert rows >= 40 and rows == distinct
+
+    # the re-run completes the same plan without measuring anything twice
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-800:]
+    out = json.loads(proc.stdout)
+    rows2, distinct2 = _count(db)
+    assert rows2 == distinct2 == out["kernels_planned"] * 3
+    assert out["measurements"] == rows2 - rows
