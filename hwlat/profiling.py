@@ -254,6 +254,11 @@ class Job:
     def measure_arch_step(self, n: int = 1) -> None:
         if not self.arch_queue:
             return
+        baseline = self.store.reference_median()
+        ref = self._reference_ms()
+        if baseline and ref and ref > SLOW_SPELL * baseline:
+            self.summary.repeated_passes += 1
+            return   # a slow spell: whole models wait for the next chunk
         runner = self.backend.runner(self.config)
         try:
             for _ in range(min(n, len(self.arch_queue))):

@@ -254,9 +254,10 @@ class DeviceStore:
     def model_lut(self) -> pd.DataFrame:
         m = self._df("SELECT name, family, pass, median_ms, kernels FROM models WHERE error IS NULL")
         if m.empty:
-            return pd.DataFrame(columns=["name", "family", "latency_ms", "passes", "kernels"])
+            return pd.DataFrame(columns=["name", "family", "latency_ms", "passes", "pass_spread", "kernels"])
         g = m.groupby(["name", "family"])
         out = pd.DataFrame({"latency_ms": g["median_ms"].median(), "passes": g["pass"].nunique(),
+                            "pass_spread": g["median_ms"].agg(lambda s: float((s.max() - s.min()) / s.median())),
                             "kernels": g["kernels"].first()}).reset_index()
         return out
 

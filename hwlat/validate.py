@@ -44,8 +44,10 @@ def zoo_onnx(folder: Path, families=None, ofa_count: int = 20, seed: int = 0) ->
 
 
 def measure_models(items, config, passes: int = 3, protocol: Protocol | None = None, seed: int = 0,
-                   progress=None) -> dict[str, float]:
-    """Median over ``passes`` interleaved passes of each model's latency (ms)."""
+                   progress=None, max_passes: int | None = None, agree: float = 0.1) -> dict[str, float]:
+    """Median over interleaved passes of each model's latency (ms): ``passes`` passes, then more
+    passes (up to ``max_passes``) for the models whose passes still disagree by more than ``agree``."""
+    max_passes = max_passes or passes + 2
     from hwlat.ir import load_onnx
     from hwlat.profilers import get_backend
     from hwlat.profilers.base import BuildInput
@@ -61,8 +63,13 @@ def measure_models(items, config, passes: int = 3, protocol: Protocol | None = N
             proto = load_onnx(path, canonical=False)
             proto.graph.name = name
             builds[name] = builder.build([BuildInput(name, proto, kind="model")])[0]
-        for p in range(passes):
-            order = list(builds)
+        for p in range(max_passes):
+            if p < passes:
+                order = list(builds)
+            else:
+                order = [n for n, v in times.items() if len(v) and (max(v) - min(v)) / np.median(v) > agree]
+                if not order:
+                    break
             rng.shuffle(order)
             runner = be.runner(config)
             try:

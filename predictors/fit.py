@@ -29,10 +29,14 @@ def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.nda
     return np.array(net), np.array(cnt, float), np.array(mb)
 
 
+MAX_PASS_SPREAD = 0.2   # a calibration network whose passes disagree more than this was hit by a slow spell
+
+
 def _calibration_parts(store, pred):
     from hwlat.search import spaces
 
     models = store.model_lut()
+    models = models[(models["passes"] < 2) | (models["pass_spread"] <= MAX_PASS_SPREAD)]
     nets, cnts, mbs, ys = [], [], [], []
     for family, grp in models.groupby("family"):
         try:

@@ -87,8 +87,6 @@ class KernelRegressors:
 
     def predict(self, keys: list[str]) -> tuple[np.ndarray, list[str]]:
         """Latency in ms and, per key, which model answered (kind name or '_global')."""
-        import xgboost as xgb
-
         keys = list(keys)
         if not keys:
             return np.zeros(0), []
@@ -104,14 +102,12 @@ class KernelRegressors:
                 continue
             sel = kinds == kind
             if sel.any():
-                out[sel] = booster.predict(xgb.DMatrix(x[sel], feature_names=list(FEATURE_NAMES))) + \
-                    baseline(x[sel], self.base[kind])
+                out[sel] = booster.inplace_predict(x[sel]) + baseline(x[sel], self.base[kind])
                 todo &= ~sel
                 for i in np.flatnonzero(sel):
                     used[i] = kind
         if todo.any():
-            out[todo] = self.boosters[GLOBAL].predict(xgb.DMatrix(x[todo], feature_names=list(FEATURE_NAMES))) + \
-                baseline(x[todo], self.base[GLOBAL])
+            out[todo] = self.boosters[GLOBAL].inplace_predict(x[todo]) + baseline(x[todo], self.base[GLOBAL])
         return np.exp(out), used
 
     def save(self, folder: Path) -> dict:

@@ -128,6 +128,8 @@ class LatencyPredictor:
         self.rules = FusionRules.from_dict(fr) if fr else default_rules(dev.get("backend", "generic"),
                                                                         dev.get("precision", "fp32"))
         self._tables: dict = {}
+        self._kernels_cache: dict = {}     # model digest -> ModelKernels (bounded)
+        self._latency_cache: dict = {}     # kernel key -> (ms, source, regressor)
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -156,6 +158,17 @@ class LatencyPredictor:
     # -- kernels -----------------------------------------------------------------------------
     def kernel_latencies(self, keys: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
         """Per key: latency_ms (as measured in isolation), source ('lut'|'model'), regressor used."""
+        cache = self._latency_cache
+        if all(k in cache for k in keys):
+            vals = [cache[k] for k in keys]
+            return np.array([v[0] for v in vals]), [v[1] for v in vals], [v[2] for v in vals]
+        out, sources, used = self._kernel_latencies(keys)
+        if len(cache) < 200_000:
+            for k, o, s, u in zip(keys, out, sources, used):
+                cache[k] = (float(o), s, u)
+        return out, sources, used
+
+    def _kernel_latencies(self, keys: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
         out = np.empty(len(keys))
         sources, used = ["lut"] * len(keys), [""] * len(keys)
         miss = []
@@ -175,7 +188,15 @@ class LatencyPredictor:
         return out, sources, used
 
     def kernels_of(self, model, input_shape=None) -> ModelKernels:
-        return model_kernels(model, self.rules, input_shape=input_shape)
+        digest = _digest(model, input_shape)
+        if digest is not None and digest in self._kernels_cache:
+            return self._kernels_cache[digest]
+        mk = model_kernels(model, self.rules, input_shape=input_shape)
+        if digest is not None:
+            if len(self._kernels_cache) >= 256:
+                self._kernels_cache.pop(next(iter(self._kernels_cache)))
+            self._kernels_cache[digest] = mk
+        return mk
 
     def predict_kernels(self, model, input_shape=None) -> tuple[float, list[KernelPrediction]]:
         mk = self.kernels_of(model, input_shape)
@@ -209,6 +230,14 @@ class LatencyPredictor:
         """Vectorised latency (ms) of many architectures of one search space."""
         from hwlat.predictors.space_tables import table_for
 
+        if isinstance(archs, np.ndarray) and space is not None:
+            from hwlat.search import spaces as _spaces
+
+            sp = _spaces.get(space) if isinstance(space, str) else space
+            table = self._tables.get(sp.name) or self._tables.setdefault(sp.name, _table(sp, self))
+            if hasattr(table, "parts"):
+                return table.predict(archs)
+            archs = sp.from_matrix(archs)
         archs = list(archs)
         if not archs:
             return np.zeros(0)
@@ -227,6 +256,33 @@ class LatencyPredictor:
         """Slow exact path: build the torch model, export, detect kernels, predict."""
         arch = space.parse(arch)
         return self.predict_kernels(space.build(arch), input_shape=space.input_shape(arch))[0]
+
+
+def _table(space, predictor):
+    from hwlat.predictors.space_tables import table_for
+
+    return table_for(space, predictor)
+
+
+def _digest(model, input_shape):
+    """A content digest of an ONNX path or ModelProto (torch modules are not cached)."""
+    import hashlib
+    import os
+
+    import onnx
+
+    h = hashlib.blake2b(repr(input_shape).encode(), digest_size=16)
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            st = os.stat(model)   # a file is the same model while its path, size and mtime are
+        except OSError:
+            return None
+        h.update(f"{os.path.abspath(model)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    elif isinstance(model, onnx.ModelProto):
+        h.update(model.SerializeToString())
+    else:
+        return None
+    return h.hexdigest()
 
 
 def _as_space_arch(obj):

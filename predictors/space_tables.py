@@ -27,6 +27,9 @@ CACHE_VERSION = 2
 
 
 def _cache_dir() -> Path:
+    """$HWLAT_CACHE, else $HWLAT_HOME/cache, else ~/.hwlat/cache."""
+    if os.environ.get("HWLAT_CACHE"):
+        return Path(os.environ["HWLAT_CACHE"])
     home = os.environ.get("HWLAT_HOME")
     return (Path(home) if home else Path.home() / ".hwlat") / "cache"
 
@@ -187,7 +190,12 @@ class OFATable:
     def parts(self, archs):
         """(net kernel ms, kernel count, weight MB) of each architecture, before correction."""
         O = self.O
-        m = archs if isinstance(archs, np.ndarray) else self.space.to_matrix([self.space.parse(a) for a in archs])
+        if isinstance(archs, np.ndarray):
+            m = archs
+        else:
+            arch_t = type(self.space.parse(archs[0])) if len(archs) else None
+            m = self.space.to_matrix(archs if all(type(a) is arch_t for a in archs)
+                                     else [self.space.parse(a) for a in archs])
         B = O.N_BLOCKS
         ks, es = m[:, :B], m[:, B:2 * B]
         active = ks > 0

@@ -140,11 +140,17 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains) -> Kernel | None:
         ks = int(rng.choice([1, 3, 5, 7], p=[0.45, 0.4, 0.09, 0.06] if kind == "conv" else [0.0, 0.5, 0.3, 0.2]))
         s = int(rng.choice([1, 2], p=[0.8, 0.2]))
         h = _hw(rng, 160 if ks > 1 else 112)
+        # wide tensors live at low resolution in real networks: cap channels by spatial size
+        cmax = int(np.clip(2 ** 16 / h, 64, 2048))
         if kind == "conv":
-            cin = _ch(rng, 3, 1024) if rng.random() > 0.05 else 3
-            cout, g = _ch(rng, 8, 1280), 1
+            cin = _ch(rng, 8, cmax) if rng.random() > 0.05 else 3
+            if rng.random() < 0.7:   # networks scale channels by small ratios between layers
+                cout = max(8, int(round(cin * float(rng.choice([0.25, 0.5, 1, 1, 1, 2, 4, 6])) / 8)) * 8)
+            else:
+                cout = _ch(rng, 8, cmax)
+            g = 1
         elif kind == "dwconv":
-            cin = _ch(rng, 8, 1536)
+            cin = _ch(rng, 8, max(64, 2 * cmax))
             cout, g = cin, cin
         else:
             g = int(rng.choice([2, 3, 4, 8]))

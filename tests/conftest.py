@@ -48,6 +48,10 @@ def tiny_onnx(tmp_path):
     return path
 
 
-def pytest_collection_modifyitems(config, items):
-    # keep CPU quiet for timing tests: nothing here runs in parallel
+def pytest_configure(config):
+    # one derived-data cache for the whole session (covering graphs of spaces), outside any
+    # per-test $HWLAT_HOME, so each test does not export the same networks again
+    import tempfile
+
+    os.environ.setdefault("HWLAT_CACHE", str(Path(tempfile.gettempdir()) / "hwlat-test-cache"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -45,11 +45,22 @@ class TVMBackend(Backend):
         return versions()
 
     # -- device resolution --------------------------------------------------------------------
-    def target(self, device: DeviceConfig) -> dict:
-        """The device's target in dict form (default: this host's CPU as LLVM detects it)."""
+    @staticmethod
+    def resolve_target(device: DeviceConfig) -> dict:
+        """The device's target in dict form: as given, else the remote device's CPU (asked over
+        RPC), else this host's CPU as LLVM detects it."""
         from hwlat.profilers.tvm.target import resolve_target
 
-        t = resolve_target(device.target, threads=device.threads)
+        target = device.target
+        if device.remote and not target:
+            from hwlat.profilers.tvm.rpc import remote_cpu_target
+
+            target = remote_cpu_target(device)
+        return resolve_target(target, threads=device.threads)
+
+    def target(self, device: DeviceConfig) -> dict:
+        """The device's target, checked to be runnable where the device's kernels will run."""
+        t = self.resolve_target(device)
         if not device.remote and t.get("kind") == "llvm":
             from hwlat.profilers.tvm.target import is_host
 
@@ -91,9 +102,8 @@ class TVMBackend(Backend):
         ``<name>.so.json`` next to it (target, inputs, how many tasks were tuned, versions)."""
         from hwlat.profilers.tvm import tuning
         from hwlat.profilers.tvm.builder import SIDECAR_SUFFIX, build_model
-        from hwlat.profilers.tvm.target import resolve_target
 
-        t = resolve_target(device.target, threads=device.threads)   # compiling needs no device
+        t = self.resolve_target(device)           # compiling needs no device that can run it
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in (model.graph.name or "model"))

@@ -24,9 +24,11 @@ import threading
 import time
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from hwlat.device import DeviceConfig
 from hwlat.errors import HwlatError
-from hwlat.protocol import Measurement, Protocol, measure_session
+from hwlat.protocol import Measurement, Protocol
 from hwlat.profilers.base import BuildResult, RunResult, Runner
 
 
@@ -82,11 +84,6 @@ def tracker_servers(host: str, port: int, key: str, timeout: float = 10.0) -> tu
     return addrs, free
 
 
-def tracker_free_servers(host: str, port: int, key: str) -> list[str]:
-    addrs, free = tracker_servers(host, port, key)
-    return addrs[:free] if free else []
-
-
 def request_session(host: str, port: int, key: str, timeout: float, session_timeout: float = 0):
     """(session, "server-host:port"): the tracker assigns a free server registered under ``key``."""
     from tvm import rpc
@@ -109,6 +106,35 @@ def connect_direct(address: str, key: str = "", session_timeout: float = 0):
 
     host, port = parse_address(address, "rpc_address")
     return rpc.connect(host, port, key, session_timeout), f"{host}:{port}"
+
+
+_DETECTED: dict[tuple, dict] = {}
+
+
+def remote_cpu_target(device: DeviceConfig, timeout: float = 15.0) -> dict:
+    """The remote device's CPU as its own LLVM sees it (needs TVM with LLVM on the device).
+
+    Asked once per process and device; a runtime-only server (e.g. TVM's Android app) cannot
+    answer, and then the target must be given.
+    """
+    where = (device.rpc_tracker, device.rpc_key, device.rpc_address)
+    if where in _DETECTED:
+        return dict(_DETECTED[where])
+    try:
+        if device.rpc_tracker:
+            sess, _ = request_session(*parse_address(device.rpc_tracker, "--rpc-tracker"), device.rpc_key, timeout)
+        else:
+            sess, _ = _with_timeout(lambda: connect_direct(device.rpc_address), timeout)
+        triple = sess.get_function("target.llvm_get_system_triple")()
+        cpu = sess.get_function("target.llvm_get_system_cpu")()
+        del sess
+    except Exception as e:  # noqa: BLE001 - any failure: the user must say what the device is
+        raise HwlatError(f"cannot ask the remote device for its CPU ({type(e).__name__}: {e}); give its target, "
+                         f"e.g. --target '{{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\", "
+                         f"\"mcpu\": \"cortex-a76\"}}'") from None
+    t = {"kind": "llvm", "mtriple": str(triple), "mcpu": str(cpu)}
+    _DETECTED[where] = t
+    return dict(t)
 
 
 def _with_timeout(fn, timeout: float):
@@ -140,6 +166,40 @@ def alive(session, timeout: float = 10.0) -> bool:
         return False
 
 
+def measure_batched(s, protocol: Protocol) -> Measurement:
+    """``hwlat.protocol.measure_session`` with one remote call per step instead of one per run.
+
+    Same protocol, same statistics: warm-up of at least ``warmup_ms`` (the evaluator grows its
+    run count until one repeat lasts that long, which also gives the per-run estimate), then
+    ``trials`` trials of ``number`` runs lasting at least ``min_trial_ms`` each, measured again
+    while the spread is above ``max_spread``. Per-run calls would put a network round trip
+    between every run of a microsecond kernel: thousands of round trips per kernel.
+    """
+    warm = s.evaluate(2, 1, min_repeat_ms=max(1, int(np.ceil(protocol.warmup_ms))))
+    per_run_ms = max(warm[0] * 1e3, 1e-4)
+    number = int(min(protocol.max_number, max(1, np.ceil(protocol.min_trial_ms / per_run_ms))))
+    best: tuple[float, list[float]] | None = None
+    retries = 0
+    for attempt in range(protocol.max_retries + 1):
+        trials = [v * 1e3 for v in s.evaluate(number, protocol.trials)]
+        med, p10, p90 = _stats(trials)
+        spread = (p90 - p10) / med if med > 0 else 0.0
+        if best is None or spread < best[0]:
+            best = (spread, trials)
+        retries = attempt
+        if spread <= protocol.max_spread:
+            break
+    trials = best[1]
+    med, p10, p90 = _stats(trials)
+    return Measurement(median_ms=med, p10_ms=p10, p90_ms=p90, runs=number * len(trials), trials_ms=trials,
+                       backend="tvm", threads=s.threads, retries=retries)
+
+
+def _stats(samples: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(samples)
+    return float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
+
+
 def measure_on(session, build: BuildResult, protocol: Protocol, device: DeviceConfig) -> Measurement:
     """Steps 2-5 of the recipe on an open session (step 1)."""
     from hwlat.profilers.tvm.runner import TVMSession
@@ -147,10 +207,10 @@ def measure_on(session, build: BuildResult, protocol: Protocol, device: DeviceCo
     s = TVMSession(build.artifact, threads=device.threads, remote=session,
                    set_threads=bool((device.options or {}).get("set_threads", True)))
     try:
-        s.activate()                       # upload + load
-        return measure_session(s, protocol)
+        s.activate()                       # 2-3: upload, load into a Relax VM on the device
+        return measure_batched(s, protocol)   # 4: time on the device
     finally:
-        s.deactivate()                     # remove the uploaded file, release the VM
+        s.deactivate()                     # 5: remove the uploaded file, release the VM
 
 
 class _Worker:
@@ -159,6 +219,7 @@ class _Worker:
         self.session = session
         self.alive = True
         self.current: tuple[BuildResult, float] | None = None
+        self.thread: threading.Thread | None = None
 
 
 class TVMRpcRunner(Runner):
@@ -176,6 +237,7 @@ class TVMRpcRunner(Runner):
         self.retries = int(o.get("rpc_retries", 2))
         self.max_servers = int(o.get("rpc_max_servers", 0)) or None
         self.session_timeout = float(o.get("rpc_session_timeout", 0))
+        self.farm_wait = float(o.get("rpc_farm_wait", min(10.0, self.connect_timeout)))
         self.workers: list[_Worker] = []
         self.lost: list[tuple[str, str, str]] = []     # (kernel, server, why) of every lost session
         if device.rpc_tracker:
@@ -185,13 +247,14 @@ class TVMRpcRunner(Runner):
             parse_address(device.rpc_address, "rpc_address")
 
     # -- sessions ---------------------------------------------------------------------------
-    def _open_one(self) -> _Worker:
-        """Step 1 of the recipe, with retries on a refused or dropped connection."""
+    def _open_one(self, wait: float | None = None) -> _Worker:
+        """Step 1 of the recipe, with retries on a refused or dropped connection; ``wait`` bounds
+        the wait for a free server at the tracker."""
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
                 if self.tracker:
-                    sess, name = request_session(*self.tracker, self.device.rpc_key, self.connect_timeout,
+                    sess, name = request_session(*self.tracker, self.device.rpc_key, wait or self.connect_timeout,
                                                  self.session_timeout)
                 else:
                     sess, name = _with_timeout(lambda: connect_direct(
@@ -220,7 +283,9 @@ class TVMRpcRunner(Runner):
                 raise HwlatError(f"no RPC server is registered under key '{self.device.rpc_key}' at tracker "
                                  f"{self.device.rpc_tracker}: start one with `python -m tvm.exec.rpc_server "
                                  f"--tracker {self.device.rpc_tracker} --key {self.device.rpc_key}`")
-            want = max(1, free)
+            # every registered server, not only the free ones: a server that just ended a session
+            # re-registers within a second or two; one busy elsewhere is skipped after `farm_wait`
+            want = len(addrs)
             if self.max_servers:
                 want = min(want, self.max_servers)
         opened: list[_Worker] = []
@@ -229,7 +294,7 @@ class TVMRpcRunner(Runner):
 
         def open_into():
             try:
-                w = self._open_one()
+                w = self._open_one(self.farm_wait)
                 with lock:
                     opened.append(w)
             except Exception as e:  # noqa: BLE001 - reported if no session at all could be opened
@@ -265,7 +330,6 @@ class TVMRpcRunner(Runner):
         lock = threading.Lock()
         stop = threading.Event()
         outstanding = len(pending)
-        running: list[_Worker] = []
 
         def take() -> BuildResult | None:
             with lock:
@@ -291,8 +355,15 @@ class TVMRpcRunner(Runner):
                     w.current = None
 
         def start(w: _Worker) -> None:
-            running.append(w)
-            threading.Thread(target=work, args=(w,), daemon=True, name=f"hwlat-rpc-{w.name}").start()
+            if w.thread is not None and w.thread.is_alive():
+                # a previous run() left early while this session measured: an RPC session is
+                # not thread-safe, so wait for that kernel before giving the session new work
+                w.thread.join(self.kernel_timeout)
+                if w.thread.is_alive():
+                    w.alive = False
+                    return
+            w.thread = threading.Thread(target=work, args=(w,), daemon=True, name=f"hwlat-rpc-{w.name}")
+            w.thread.start()
 
         def requeue_or_fail(b: BuildResult, why: str, w: _Worker) -> RunResult | None:
             self.lost.append((b.key, w.name, why))
@@ -307,12 +378,17 @@ class TVMRpcRunner(Runner):
         try:
             try:
                 self._ensure_workers()
-            except HwlatError as e:
+            except Exception as e:  # noqa: BLE001 - no device reachable: every kernel says why
+                msg = str(e) if isinstance(e, HwlatError) else f"RPC: {type(e).__name__}: {e}"
                 for b in pending:
-                    yield RunResult(b.key, error=str(e))
+                    yield RunResult(b.key, error=msg)
                 return
             for w in list(self.workers):
                 start(w)
+            if not any(w.alive for w in self.workers):
+                for b in pending:
+                    yield RunResult(b.key, error="every RPC session is still busy with an abandoned kernel")
+                return
             while outstanding:
                 try:
                     kind, w, b, payload = results.get(timeout=1.0)
@@ -332,27 +408,39 @@ class TVMRpcRunner(Runner):
                         outstanding -= 1
                         yield r
                 now = time.monotonic()
-                for hung in [x for x in running if x.alive and x.current and now - x.current[1] > self.kernel_timeout]:
-                    hung.alive = False     # its thread is abandoned; the server may be wedged
-                    r = requeue_or_fail(hung.current[0], f"no result within {self.kernel_timeout:.0f} s", hung)
+                for x in list(self.workers):
+                    cur = x.current
+                    if not (x.alive and cur and now - cur[1] > self.kernel_timeout):
+                        continue
+                    x.alive = False        # its thread is abandoned; the server may be wedged
+                    r = requeue_or_fail(cur[0], f"no result within {self.kernel_timeout:.0f} s", x)
                     if r is not None:
                         outstanding -= 1
                         yield r
-                if outstanding and not any(x.alive for x in running):
-                    # every session is gone: one more try at the tracker or server before giving up
-                    try:
-                        w2 = self._open_one()
-                        self.workers.append(w2)
-                        start(w2)
-                    except HwlatError as e:
-                        with lock:
-                            left = list(pending)
-                            pending.clear()
-                        for b in left:
-                            outstanding -= 1
-                            yield RunResult(b.key, error=f"no RPC server left: {e}")
-                        if outstanding:   # builds taken by threads that died without reporting
-                            return
+                with lock:
+                    waiting = bool(pending)
+                if not waiting or any(x.alive and x.thread is not None and x.thread.is_alive() for x in self.workers):
+                    continue
+                # kernels wait but no thread runs: the others ran dry before a lost kernel came back
+                idle = [x for x in self.workers if x.alive]
+                for x in idle:
+                    start(x)
+                if idle:
+                    continue
+                # every session is gone: one more try at the tracker or server before giving up
+                try:
+                    w2 = self._open_one()
+                    self.workers.append(w2)
+                    start(w2)
+                except HwlatError as e:
+                    with lock:
+                        left = list(pending)
+                        pending.clear()
+                    for b in left:
+                        outstanding -= 1
+                        yield RunResult(b.key, error=f"no RPC server left: {e}")
+                    if outstanding:   # taken by threads that died without reporting: cannot happen
+                        return
         finally:
             stop.set()
             self.workers = [w for w in self.workers if w.alive]

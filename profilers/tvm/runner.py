@@ -58,7 +58,7 @@ class TVMSession(TimedSession):
         self.set_threads = set_threads
         self.remote_name: str | None = None
         self.vm = self.dev = self.lib = None
-        self._timers: dict[int, object] = {}
+        self._timers: dict[tuple, object] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def _activate_impl(self) -> None:
@@ -89,11 +89,20 @@ class TVMSession(TimedSession):
             raise
 
     def _time_runs_impl(self, number: int) -> float:
-        f = self._timers.get(number)
+        return self.evaluate(number, 1)[0] * number
+
+    def evaluate(self, number: int, repeat: int, min_repeat_ms: int = 0) -> list[float]:
+        """``repeat`` timings, each the mean seconds per run over ``number`` runs, in one call to
+        the runtime's evaluator (over RPC: one round trip for the whole batch)."""
+        if self.vm is None:
+            raise RuntimeError("session used before activate()")
+        key = (number, repeat, min_repeat_ms)
+        f = self._timers.get(key)
         if f is None:
-            f = self.vm.time_evaluator("hwlat_main", self.dev, number=number, repeat=1)
-            self._timers[number] = f
-        return float(f().results[0]) * number
+            f = self.vm.time_evaluator("hwlat_main", self.dev, number=number, repeat=repeat,
+                                       min_repeat_ms=min_repeat_ms)
+            self._timers[key] = f
+        return [float(x) for x in f().results]
 
     def _infer_impl(self, feeds):
         import tvm

@@ -88,6 +88,8 @@ def resolve_target(target, threads: int | None = None) -> dict:
         raise HwlatError(f"TVM target {target!r} has no 'kind' (e.g. {{\"kind\": \"llvm\"}})")
     if t["kind"] == "hexagon":
         t = _hexagon_defaults(t)
+    if t["kind"] == "llvm" and "mtriple" not in t and "mcpu" not in t:
+        t = {**host_target(), **t}    # plain "llvm" means this CPU, with its vector units
     if t["kind"] in ("llvm", "hexagon") and threads and "num-cores" not in t:
         # MetaSchedule sizes parallel loops from num-cores; the device's thread count is the truth
         t["num-cores"] = int(threads)

@@ -111,10 +111,11 @@ def make_ms_runner(device: DeviceConfig, target: dict):
     init = functools.partial(_worker_init, target)
     timeout = int(o.get("tune_session_timeout", 60))
     if device.rpc_tracker:
-        from hwlat.profilers.tvm.rpc import parse_address, tracker_free_servers
+        from hwlat.profilers.tvm.rpc import parse_address, tracker_servers
 
         host, port = parse_address(device.rpc_tracker, "--rpc-tracker")
-        n = max(1, len(tracker_free_servers(host, port, device.rpc_key)))
+        # one measuring process per registered device: candidates go to all of them at once
+        n = max(1, len(tracker_servers(host, port, device.rpc_key)[0]))
         cfg = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.rpc_key,
                                   session_timeout_sec=timeout)
         return ms.runner.RPCRunner(cfg, _evaluator(device), max_workers=n, initializer=init)

@@ -1,0 +1,87 @@
+"""Predictor parts on real measurements: fusion detection, regressors, correction, space tables."""
+
+import json
+
+import numpy as np
+import pytest
+
+import hwlat
+from hwlat.device import DeviceConfig
+from hwlat.profilers import get_backend
+from hwlat.protocol import Protocol
+from hwlat.predictors.kernel_model import KernelRegressors
+from hwlat.predictors.latency import fit_correction
+
+QUICK = Protocol(warmup_ms=2.0, trials=5, min_trial_ms=1.0, max_retries=1, passes=2)
+
+
+def test_fusion_detection_finds_what_ort_fuses(tmp_path):
+    from hwlat.profilers.fusion_detect import detect_rules
+
+    rules = detect_rules(get_backend("onnxruntime"), DeviceConfig("t", "onnxruntime"), tmp_path, QUICK, passes=3)
+    # ORT's NCHWc convolution takes a ReLU; SiLU runs as its own QuickGelu kernel
+    assert rules.absorbs("conv", "relu")
+    assert not rules.absorbs("conv", "silu")
+    assert "measured" in rules.source
+
+
+@pytest.fixture(scope="module")
+def small_device(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dev")
+    dev = hwlat.profile(device="pred-dev", backend="onnxruntime", spaces=[], budget_minutes=2, lut_dir=home,
+                        protocol=QUICK, prior=150, arch_samples=0, detect_fusion=False)
+    return home, dev
+
+
+def test_regressors_save_load_identical(small_device, tmp_path):
+    home, dev = small_device
+    lut = dev.lut()
+    regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
+    keys = ["conv-relu_i20x20x48_o20x20x96_k3_s1_g1", "conv_i14x14x200_o14x14x200_k5_s2_g200", "gap_i9x9x64_o1x1x64"]
+    p1, u1 = regs.predict(keys)
+    meta = regs.save(tmp_path)
+    assert not list(tmp_path.glob("*.pkl")) and all(f.endswith(".json") for f in meta["files"].values())
+    p2, u2 = KernelRegressors.load(tmp_path, json.loads(json.dumps(meta))).predict(keys)
+    assert np.allclose(p1, p2) and u1 == u2 and (p1 > 0).all()
+
+
+def test_regressors_generalise_to_held_out_kernels(small_device):
+    """Trained on 80% of the device's kernels, the held-out 20% come out within a factor band."""
+    _, dev = small_device
+    lut = dev.lut()
+    rng = np.random.default_rng(0)
+    test = rng.random(len(lut)) < 0.2
+    regs = KernelRegressors().update(list(lut["key"][~test]), lut["latency_ms"][~test].to_numpy())
+    pred, _ = regs.predict(list(lut["key"][test]))
+    ratio = pred / lut["latency_ms"][test].to_numpy()
+    # a constant (median) guess is far worse than the regressors
+    const = np.median(lut["latency_ms"][~test]) / lut["latency_ms"][test].to_numpy()
+    assert np.median(np.abs(np.log(ratio))) < 0.5 * np.median(np.abs(np.log(const)))
+
+
+def test_correction_recovers_known_terms():
+    rng = np.random.default_rng(1)
+    net = rng.uniform(2, 20, 30)
+    cnt = rng.integers(40, 120, 30).astype(float)
+    mb = rng.uniform(5, 40, 30)
+    y = 1.1 * net + 0.004 * cnt + 0.03 * mb
+    c = fit_correction(net, cnt, y * (1 + rng.normal(0, 0.005, 30)), 0.002, mb)
+    assert c.terms in ("abd", "ad") and abs(c.a - 1.1) < 0.05 and c.rmspe_after < 0.02 < c.rmspe_before
+    # pure noise around the plain sum: no term is worth keeping
+    c2 = fit_correction(net, cnt, net * (1 + rng.normal(0, 0.03, 30)), 0.002, mb)
+    assert c2.terms in ("none", "a") and abs(c2.a - 1.0) < 0.05
+
+
+def test_ofa_fast_table_equals_exact_path(small_device):
+    from hwlat.search import spaces
+
+    home, _ = small_device
+    p = hwlat.load_predictor("pred-dev", lut_dir=home)
+    space = spaces.get("ofa-mbv3")
+    archs = space.sample(3, seed=11)
+    fast = p.predict_many(archs)
+    exact = np.array([p.arch_kernels_exact(space, a) for a in archs])
+    assert np.allclose(fast, exact, rtol=1e-9)
+    assert np.allclose(p.predict_many([space.key(a) for a in archs]), fast)
+    many = p.predict_many(space.sample(2000, seed=3))
+    assert many.shape == (2000,) and np.isfinite(many).all() and (many > 0).all()
