@@ -32,7 +32,7 @@ KERNELS = {
     "dw 5x5 s2": "conv_i28x28x144_o14x14x144_k5_s2_g144",
     "se": "se-relu-hsigmoid_i14x14x672_o14x14x672_m168",
 }
-DEFAULT_KERNELS = ["conv 3x3", "dw 3x3", "conv 1x1"]
+DEFAULT_KERNELS = ["conv 3x3", "conv 1x1"]
 
 
 def _protocol():

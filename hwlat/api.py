@@ -81,17 +81,23 @@ class Device:
 def profile(*, device: str, backend: str = "onnxruntime", threads: int = 1, spaces=("ofa-mbv3",), models=None,
             budget_minutes: float = 10.0, lut_dir=None, target=None, rpc_tracker=None, rpc_key=None,
             precision: str = "fp32", options: dict | None = None, protocol: Protocol | None = None,
-            prior: int = 1200, arch_samples: int = 24, detect_fusion: bool = True, progress: bool = False,
-            seed: int = 0) -> Device:
+            prior: int = 1200, arch_samples: int = 24, detect_fusion: bool = True, adaptive: bool = True,
+            passes: int | None = None, progress: bool = False, seed: int = 0) -> Device:
     """Measure kernels of ``device`` into its store within the budget and fit its predictor."""
     from hwlat.profiling import Job
 
     cfg = _device_config(device, backend, threads, target, rpc_tracker, rpc_key, precision, options)
     if isinstance(spaces, str):
         spaces = [spaces]
+    if passes is not None:
+        if passes < 1:
+            raise HwlatError(f"--passes must be at least 1 (got {passes})")
+        import dataclasses
+
+        protocol = dataclasses.replace(protocol or Protocol(warmup_ms=5.0, trials=5, min_trial_ms=1.5), passes=passes)
     job = Job(cfg, spaces=list(spaces or []), models_dir=models, budget_minutes=budget_minutes, lut_dir=lut_dir,
-              protocol=protocol, prior=prior, arch_samples=arch_samples, detect_fusion=detect_fusion, seed=seed,
-              progress=progress)
+              protocol=protocol, prior=prior, arch_samples=arch_samples, detect_fusion=detect_fusion,
+              adaptive=adaptive, seed=seed, progress=progress)
     summary = job.run()
     if summary.interrupted:
         raise KeyboardInterrupt

@@ -88,7 +88,7 @@ def cmd_profile(args) -> int:
                   models=args.models, budget_minutes=args.budget_minutes, lut_dir=args.lut_dir, target=args.target,
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, precision=args.precision,
                   options=_options(args), prior=args.prior, progress=not args.json,
-                  detect_fusion=not args.no_fusion_detection)
+                  detect_fusion=not args.no_fusion_detection, adaptive=not args.no_adaptive, passes=args.passes)
     s = dev.summary
     corr = s.get("fit", {}).get("correction", {})
     text = (f"device {dev.name}: {s['kernels_measured']} kernels in the LUT ({s['measurements']} measurements this run, "
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lut-dir", default=None, help="default $HWLAT_HOME/devices or ~/.hwlat/devices")
     p.add_argument("--prior", type=int, default=1200, help="broad kernel sample size (default 1200)")
     p.add_argument("--no-fusion-detection", action="store_true", help="use the backend's default fusion rules")
+    p.add_argument("--no-adaptive", action="store_true", help="stop after the planned kernels (no adaptive rounds)")
+    p.add_argument("--passes", type=int, default=None, help="interleaved passes per kernel (default 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)
 

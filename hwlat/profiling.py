@@ -70,7 +70,7 @@ def _check_config(store: DeviceStore, config: DeviceConfig) -> None:
 class Job:
     def __init__(self, config: DeviceConfig, *, spaces=(), models_dir=None, budget_minutes: float = 10.0,
                  lut_dir=None, protocol: Protocol | None = None, prior: int = 1200, arch_samples: int = 24,
-                 detect_fusion: bool = True, seed: int = 0, progress: bool = True):
+                 detect_fusion: bool = True, adaptive: bool = True, seed: int = 0, progress: bool = True):
         from hwlat.profilers import get_backend
 
         if budget_minutes is None or budget_minutes <= 0:
@@ -85,6 +85,7 @@ class Job:
         self.prior = prior
         self.arch_samples = arch_samples
         self.detect_fusion = detect_fusion
+        self.adaptive_enabled = adaptive
         self.seed = seed
         self.progress = progress
         self.session_id = uuid.uuid4().hex[:8]
@@ -175,7 +176,7 @@ class Job:
     def measure_kernels(self, plan, bar) -> None:
         done = self.store.done_passes()
         passes = self.protocol.passes
-        todo = [k for k, _ in plan if len(done.get(k, set())) < passes]
+        todo = list(dict.fromkeys(k for k, _ in plan if len(done.get(k, set())) < passes))
         rng = np.random.default_rng(self.seed + len(done))
         baseline = self.store.reference_median()
         for start in range(0, len(todo), CHUNK):
@@ -298,7 +299,7 @@ class Job:
                 new += [x for x in neighbours(k, seed=rounds) if x not in have and x not in new]
             if not new:
                 return
-            new = new[:CHUNK]
+            new = list(dict.fromkeys(new))[:CHUNK]
             rows = []
             for k in new:
                 kern = parse_key(k)
@@ -360,8 +361,9 @@ class Job:
                 self.measure_kernels(plan, bar)
                 if self.summary.budget_exhausted is False:
                     self.checkpoint()
-                    prog.update(task, description="adaptive sampling")
-                    self.adaptive(bar)
+                    if self.adaptive_enabled:
+                        prog.update(task, description="adaptive sampling")
+                        self.adaptive(bar)
                 prog.update(task, description="measuring whole architectures")
                 while self.arch_queue and self.left() > 10:
                     self.measure_arch_step(1)

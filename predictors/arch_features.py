@@ -115,7 +115,7 @@ def _ofa_features(space, m: np.ndarray) -> np.ndarray:
         traffic = hin2 * TA[idx] + hout2 * TB[idx]
         params = P[idx]
         kernels = K[idx]
-        o = np.empty((ns, out.shape[1]), np.float32)
+        o = out if len(widths) == 1 else np.empty((ns, out.shape[1]), np.float32)
         o[:, :nb] = ks
         o[:, nb:2 * nb] = sub[:, nb:d0]
         o[:, 2 * nb:3 * nb] = macs
@@ -129,7 +129,8 @@ def _ofa_features(space, m: np.ndarray) -> np.ndarray:
         o[:, c + 3] = o[:, 3 * nb + nu:3 * nb + 2 * nu].sum(1) + hw[:, 0] * stem_hw[1]
         o[:, c + 4] = o[:, 3 * nb + 2 * nu:3 * nb + 3 * nu].sum(1) + params_fixed
         o[:, c + 5] = kernels.sum(1) + 6                       # stem, first block, final conv, pool, head
-        out[rows] = o
+        if o is not out:
+            out[rows] = o
     return out
 
 

@@ -257,4 +257,4 @@ def neighbours(key: str, seed: int = 0) -> list[str]:
                 a2["k"] = kk
                 out.append(mk(h, cin, cout, a2))
                 break
-    return [o for o in out if o and o != key]
+    return list(dict.fromkeys(o for o in out if o and o != key))

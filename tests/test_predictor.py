@@ -29,7 +29,7 @@ def test_fusion_detection_finds_what_ort_fuses(tmp_path):
 def small_device(tmp_path_factory):
     home = tmp_path_factory.mktemp("dev")
     dev = hwlat.profile(device="pred-dev", backend="onnxruntime", spaces=[], budget_minutes=2, lut_dir=home,
-                        protocol=QUICK, prior=150, arch_samples=0, detect_fusion=False)
+                        protocol=QUICK, prior=150, arch_samples=0, detect_fusion=False, adaptive=False)
     return home, dev
 
 

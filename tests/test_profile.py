@@ -21,7 +21,7 @@ QUICK = Protocol(warmup_ms=1.0, trials=3, min_trial_ms=0.3, max_retries=0, passe
 
 def _profile(name, home, **kw):
     args = dict(device=name, backend="onnxruntime", threads=1, spaces=[], budget_minutes=2, lut_dir=home / "devices",
-                protocol=QUICK, prior=60, arch_samples=0, detect_fusion=False)
+                protocol=QUICK, prior=60, arch_samples=0, detect_fusion=False, adaptive=False)
     args.update(kw)
     return hwlat.profile(**args)
 
@@ -87,7 +87,8 @@ def _count(db):
 def test_interrupted_profile_resumes_losing_at_most_one(hwlat_home):
     lut_dir = hwlat_home / "devices"
     cmd = [sys.executable, "-m", "hwlat.cli", "profile", "--backend", "onnxruntime", "--device", "dev-int",
-           "--budget-minutes", "5", "--lut-dir", str(lut_dir), "--prior", "150", "--no-fusion-detection", "--json"]
+           "--budget-minutes", "5", "--lut-dir", str(lut_dir), "--prior", "80", "--no-fusion-detection",
+           "--no-adaptive", "--passes", "2", "--json"]
     env = dict(os.environ)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     db = lut_dir / "dev-int" / "measurements.sqlite"
@@ -95,7 +96,7 @@ def test_interrupted_profile_resumes_losing_at_most_one(hwlat_home):
     while time.time() - t0 < 120:
         if db.is_file():
             try:
-                if _count(db)[0] >= 40:
+                if _count(db)[0] >= 30:
                     break
             except sqlite3.OperationalError:
                 pass
@@ -105,12 +106,12 @@ def test_interrupted_profile_resumes_losing_at_most_one(hwlat_home):
     assert proc.returncode == 130, err.decode()[-500:]
     assert b"resume" in err
     rows, distinct = _count(db)
-    assert rows >= 40 and rows == distinct
+    assert rows >= 30 and rows == distinct
 
     # the re-run completes the same plan without measuring anything twice
     proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-800:]
     out = json.loads(proc.stdout)
     rows2, distinct2 = _count(db)
-    assert rows2 == distinct2 == out["kernels_planned"] * 3
+    assert rows2 == distinct2 == out["kernels_planned"] * 2
     assert out["measurements"] == rows2 - rows

@@ -278,6 +278,7 @@ def test_tuning_fills_the_device_database_and_speeds_the_kernel_up(backend, tmp_
     assert meta["tuning"]["tasks"] == 2 and meta["tuning"]["tuned_before"] == 1 and meta["tuned"] is True
 
 
+@pytest.mark.slow
 def test_tuning_measures_on_the_remote_devices(backend, farm, tmp_path):
     from tvm.s_tir import meta_schedule as ms
 

@@ -196,7 +196,25 @@ class TVMBuilder(Builder):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in inp.key)[:80]
         return self.out_dir / f"{safe}-{h.hexdigest()[:12]}"
 
+    def _close_workers(self) -> None:
+        """Stop MetaSchedule's worker processes (they would otherwise live as long as the host)."""
+        workers, self._ms_workers = self._ms_workers, None
+        for w in workers or ():
+            try:
+                if hasattr(w, "close"):
+                    w.close()
+                elif getattr(w, "pool", None) is not None:
+                    w.pool.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the pool may already be gone
+                pass
+
     def build(self, inputs: Sequence[BuildInput]) -> list[BuildResult]:
+        try:
+            return self._build(inputs)
+        finally:
+            self._close_workers()
+
+    def _build(self, inputs: Sequence[BuildInput]) -> list[BuildResult]:
         out = []
         for inp in inputs:
             t0 = time.perf_counter()

@@ -232,9 +232,19 @@ def tune(prepared, target: dict, db_dir: Path, trials: int, device: DeviceConfig
         genetic_num_iters=int(o.get("tune_genetic_iters", 2)))
     work_dir = str(log_dir or (Path(db_dir) / "logs"))
     _quiet_logs()
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        todo, work_dir, strategy=strategy, num_threads=int(o.get("tune_search_threads", 1)),
-        seed=int(o.get("tune_seed", 0)))
+    # MetaSchedule's logger setup re-lists this logger's handlers by name and crashes on one
+    # without a name (pytest's capture handlers, a user's own): hold those aside meanwhile
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in ms_logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        ms_logger.removeHandler(h)
+    try:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            todo, work_dir, strategy=strategy, num_threads=int(o.get("tune_search_threads", 1)),
+            seed=int(o.get("tune_seed", 0)))
+    finally:
+        for h in unnamed:
+            ms_logger.addHandler(h)
     per_iter = max(1, min(trials, int(o.get("tune_trials_per_iter", 32))))
     builder = make_ms_builder(device, target) if builder is None else builder
     runner = make_ms_runner(device, target) if runner is None else runner
