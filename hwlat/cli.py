@@ -98,6 +98,13 @@ def cmd_profile(args) -> int:
             + (f"\nwhole-model correction: a={corr.get('a', 1):.3f} b={corr.get('b_ms', 0) * 1e3:.2f}us/kernel "
                f"c={corr.get('c_ms', 0):.3f}ms (RMSPE on calibration archs {100 * (corr.get('rmspe_before') or 0):.1f}% "
                f"-> {100 * (corr.get('rmspe_after') or 0):.1f}%)" if corr.get("fitted_on") else ""))
+    curve = [c for c in s.get("curve", []) if "rmspe" in c]
+    if curve:
+        text += "\nheld-out error on the calibration architectures as profiling went on:"
+        text += "\n  minutes  kernels  RMSPE   within ±10%  within ±5%"
+        for c in curve:
+            text += (f"\n  {c['minutes']:>7.1f}  {c['kernels']:>7}  {100 * c['rmspe']:>5.1f}%  "
+                     f"{100 * c['acc_10pct']:>10.0f}%  {100 * c['acc_5pct']:>9.0f}%")
     _emit({"device": dev.name, "path": str(dev.path), **s}, args.json, text)
     return 0
 

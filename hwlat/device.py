@@ -78,6 +78,8 @@ def host_facts() -> dict:
     except OSError:
         pass
     return {
+        "l2_bytes": _cache_bytes(2),
+        "l3_bytes": _cache_bytes(3),
         "cpu": cpu,
         "cpu_flags": flags,
         "cores": os.cpu_count(),
@@ -86,6 +88,19 @@ def host_facts() -> dict:
         "python": platform.python_version(),
         "hostname": platform.node(),
     }
+
+
+def _cache_bytes(level: int) -> int | None:
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for idx in sorted(base.glob("index*")):
+            if (idx / "level").read_text().strip() == str(level) and (idx / "type").read_text().strip() != "Instruction":
+                text = (idx / "size").read_text().strip().upper()
+                mult = {"K": 1024, "M": 1024 ** 2}.get(text[-1], 1)
+                return int(text.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def read_json(path: Path) -> dict:

@@ -13,7 +13,6 @@ from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor
 
 def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(net kernel ms, kernel count, weight MB) of each architecture, before correction."""
-    from hwlat.kernels import param_count
     from hwlat.predictors.space_tables import OFATable
 
     if space.name == "ofa-mbv3":
@@ -25,7 +24,7 @@ def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.nda
         raw, _, _ = pred.kernel_latencies(mk.keys)
         net.append(float(pred.correction.net(raw).sum()))
         cnt.append(len(mk.keys))
-        mb.append(sum(param_count(k.kernel) for k in mk.kernels) * 4e-6)
+        mb.append(sum(pred.cold_mb(k.kernel) for k in mk.kernels))
     return np.array(net), np.array(cnt, float), np.array(mb)
 
 

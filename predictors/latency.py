@@ -203,7 +203,7 @@ class LatencyPredictor:
         keys = mk.keys
         raw, sources, used = self.kernel_latencies(keys)
         net = self.correction.net(raw)
-        mb = np.array([param_count(k.kernel) * 4e-6 for k in mk.kernels])
+        mb = np.array([self.cold_mb(k.kernel) for k in mk.kernels])
         total = float(self.correction.apply(net.sum(), len(keys), mb.sum()))
         # per-kernel share of the corrected total, so the breakdown adds up to the prediction
         c = self.correction
@@ -211,6 +211,12 @@ class LatencyPredictor:
         preds = [KernelPrediction(k, float(s), src, u, inst.nodes)
                  for k, s, src, u, inst in zip(keys, share, sources, used, mk.kernels)]
         return total, preds
+
+    def cold_mb(self, kernel) -> float:
+        """Weights (MB) warm in cache when the kernel runs alone but cold inside a network: up to
+        the L2 size (larger weights stream from L3/DRAM in the isolated measurement too)."""
+        l2 = (self.manifest.get("host") or {}).get("l2_bytes") or 1 << 20
+        return min(param_count(kernel) * 4, l2) * 1e-6
 
     # -- public ------------------------------------------------------------------------------
     def predict(self, model, input_shape=None) -> float:

@@ -169,7 +169,7 @@ class OFATable:
         keys = sorted({r[-1] for r in records})
         raw, _, _ = predictor.kernel_latencies(keys)
         net = dict(zip(keys, predictor.correction.net(raw)))
-        mb = {k: param_count(parse_key(k)) * 4e-6 for k in keys}
+        mb = {k: predictor.cold_mb(parse_key(k)) for k in keys}
         for wi, ri, blk, ki, ei, key in records:
             if blk >= 0:
                 self.net[wi, ri, blk, ki, ei] += net[key]
