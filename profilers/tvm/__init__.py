@@ -161,6 +161,9 @@ def _details(tvm, codegen) -> dict:
                     "note": "Hexagon DSPs need a TVM built with USE_HEXAGON=ON and the Hexagon SDK "
                             "(see profilers/tvm/README.md)"},
         "libinfo": flags,
+        # 0.27 wheels synthesize libinfo() from build hints (no native GetLibInfo); the two
+        # entries above are what the loaded libraries really register
+        "libinfo_note": "tvm.support.libinfo() is a Python fallback in this wheel; trust codegen_kinds/runtimes",
         "rpc": "rpc.Connect" in funcs or "rpc.connect" in funcs or _has_rpc(tvm),
     }
 

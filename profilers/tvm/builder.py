@@ -133,28 +133,34 @@ def read_sidecar(artifact: str | Path) -> dict:
 
 
 def build_model(model: onnx.ModelProto, target: dict, stem: Path, device: DeviceConfig, db_dir: Path | None,
-                *, trials: int = 0, kind: str = "kernel", workers=None) -> tuple[Path, dict]:
-    """Compile ``model`` for ``target`` into ``<stem>.so|.tar`` (+ sidecar); tune first if asked."""
+                *, trials: int = 0, kind: str = "kernel", workers=None, database=None) -> tuple[Path, dict]:
+    """Compile ``model`` for ``target`` into ``<stem>.so|.tar`` (+ sidecar); tune first if asked.
+
+    ``database``: the device's JSONDatabase when the caller keeps it open across many builds
+    (reading it is the slow part once it holds hundreds of kernels); else opened from ``db_dir``.
+    """
     from hwlat.profilers.tvm import target as tgt
     from hwlat.profilers.tvm import tuning
 
     specs = input_specs(model)
     prepared = prepare(to_relax(model), target)
-    report = tuning.TuneReport()
     tune_models = (device.options or {}).get("tune_models", True)
-    if trials > 0 and db_dir is not None and (kind == "kernel" or tune_models):
+    tuning_now = trials > 0 and db_dir is not None and (kind == "kernel" or tune_models)
+    if database is None and db_dir is not None:
+        database = tuning.open_database(db_dir, create=tuning_now)
+    if tuning_now:
         b, r = workers() if workers is not None else (None, None)
-        report = tuning.tune(prepared, target, db_dir, trials, device, builder=b, runner=r)
-    elif db_dir is not None:
-        db = tuning.open_database(db_dir)
-        tasks = tuning.extract_tasks(prepared, target)
-        report = tuning.TuneReport(tasks=len(tasks), tuned_before=sum(tuning.is_tuned(t, db, target) for t in tasks))
-    database = tuning.open_database(db_dir) if db_dir is not None else None
+        report = tuning.tune(prepared, target, db_dir, trials, device, builder=b, runner=r, database=database)
+    else:
+        tasks = tuning.extract_tasks(prepared, target) if database is not None else []
+        report = tuning.TuneReport(tasks=len(tasks),
+                                   tuned_before=sum(tuning.is_tuned(t, database, target) for t in tasks))
     if database is not None:
         tgt.load_tensor_intrinsics(target)   # tuned traces may tensorize
     executable = compile_prepared(prepared, target, database)
     path = tgt.export(executable, stem, target, device.options)
     meta = {"inputs": specs, "target": target, "tuned": report.covered > 0,
+            "tuned_fraction": round(report.covered / report.tasks, 3) if report.tasks else 0.0,
             "tuning": report.to_dict(), "tuning_db": str(db_dir) if db_dir else None,
             "toolchain": tgt.toolchain(target, device.options)[2], "versions": versions(), "kind": kind}
     write_json_atomic(Path(str(path) + SIDECAR_SUFFIX), meta)
@@ -174,6 +180,15 @@ class TVMBuilder(Builder):
         self.db_dir = tuning.tuning_dir(device, self.workdir)
         self.out_dir = self.workdir / "tvm_build"
         self._ms_workers = None
+        self._db = None
+
+    def _database(self):
+        """The device's records, read once per builder (None while there are none to apply)."""
+        from hwlat.profilers.tvm import tuning
+
+        if self._db is None:
+            self._db = tuning.open_database(self.db_dir, create=self.trials > 0)
+        return self._db
 
     def _workers(self):
         """MetaSchedule's builder and runner, started once and shared by every kernel tuned here."""
@@ -198,15 +213,10 @@ class TVMBuilder(Builder):
 
     def _close_workers(self) -> None:
         """Stop MetaSchedule's worker processes (they would otherwise live as long as the host)."""
+        from hwlat.profilers.tvm import tuning
+
         workers, self._ms_workers = self._ms_workers, None
-        for w in workers or ():
-            try:
-                if hasattr(w, "close"):
-                    w.close()
-                elif getattr(w, "pool", None) is not None:
-                    w.pool.shutdown()
-            except Exception:  # noqa: BLE001 - best effort: the pool may already be gone
-                pass
+        tuning.close_workers(workers)
 
     def build(self, inputs: Sequence[BuildInput]) -> list[BuildResult]:
         try:
@@ -226,7 +236,8 @@ class TVMBuilder(Builder):
                     path = cached[0]
                 else:
                     path, _ = build_model(inp.model, self.target, stem, self.device, self.db_dir,
-                                          trials=self.trials, kind=inp.kind, workers=self._workers)
+                                          trials=self.trials, kind=inp.kind, workers=self._workers,
+                                          database=self._database())
                 out.append(BuildResult(inp.key, str(path), None, time.perf_counter() - t0))
             except Exception as e:  # noqa: BLE001 - one bad kernel must not stop a long profile
                 msg = str(e).strip().splitlines()

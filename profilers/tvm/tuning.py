@@ -8,7 +8,7 @@ by the structure of their fused TIR function, so a kernel tuned alone is found a
 whole model whenever TVM fuses it the same way.
 
 Candidates are measured where the kernels will run: locally, or on the remote device through
-MetaSchedule's RPCRunner (tracker + key, all free servers at once, or one direct server).
+MetaSchedule's RPCRunner (tracker + key: every registered server at once; or one direct server).
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def _pooled_builder_class():
 
 
 def tune(prepared, target: dict, db_dir: Path, trials: int, device: DeviceConfig, *,
-         only_missing: bool = True, log_dir: Path | None = None, builder=None, runner=None) -> TuneReport:
+         only_missing: bool = True, log_dir: Path | None = None, builder=None, runner=None,
+         database=None) -> TuneReport:
     """Tune the TIR tasks of a prepared module with ``trials`` trials each; records go to ``db_dir``.
 
     ``builder``/``runner`` (from ``make_ms_builder``/``make_ms_runner``) may be shared by many
@@ -212,7 +213,7 @@ def tune(prepared, target: dict, db_dir: Path, trials: int, device: DeviceConfig
     load_tensor_intrinsics(target)
     t0 = time.monotonic()
     tasks = extract_tasks(prepared, target)
-    db = open_database(db_dir, create=True)
+    db = open_database(db_dir, create=True) if database is None else database
     rep = TuneReport(tasks=len(tasks), names=[t.task_name for t in tasks])
     todo = []
     for t in tasks:
@@ -246,14 +247,17 @@ def tune(prepared, target: dict, db_dir: Path, trials: int, device: DeviceConfig
         for h in unnamed:
             ms_logger.addHandler(h)
     per_iter = max(1, min(trials, int(o.get("tune_trials_per_iter", 32))))
+    own = [x is None for x in (builder, runner)]
     builder = make_ms_builder(device, target) if builder is None else builder
     runner = make_ms_runner(device, target) if runner is None else runner
-    with tvm.transform.PassContext(opt_level=3):
-        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
-                      max_trials_global=trials * len(todo), max_trials_per_task=trials,
-                      num_trials_per_iter=per_iter, builder=builder,
-                      runner=runner, database=db,
-                      task_scheduler="round-robin")
+    try:
+        with tvm.transform.PassContext(opt_level=3):
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
+                          max_trials_global=trials * len(todo), max_trials_per_task=trials,
+                          num_trials_per_iter=per_iter, builder=builder, runner=runner, database=db,
+                          task_scheduler="round-robin")
+    finally:
+        close_workers([w for w, mine in zip((builder, runner), own) if mine])
     rep.tuned_now = sum(is_tuned(t, db, target) for t in todo)
     rep.trials = trials * len(todo)
     rep.seconds = time.monotonic() - t0
@@ -261,6 +265,18 @@ def tune(prepared, target: dict, db_dir: Path, trials: int, device: DeviceConfig
         raise HwlatError(f"MetaSchedule found no valid candidate for {len(todo)} task(s) in {trials} trials "
                          f"(see the logs in {work_dir})")
     return rep
+
+
+def close_workers(workers) -> None:
+    """Stop the worker processes of MetaSchedule builders/runners made here."""
+    for w in workers or ():
+        try:
+            if hasattr(w, "close"):
+                w.close()
+            elif getattr(w, "pool", None) is not None:
+                w.pool.shutdown()
+        except Exception:  # noqa: BLE001 - best effort: the pool may already be gone
+            pass
 
 
 def _quiet_logs() -> None:
