@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     out = {}
     with tempfile.TemporaryDirectory(prefix="hwlat-bench-tvm-") as tmp:
         work = Path(tmp)
-        if not args.json:
+        if kernels and not args.json:
             print(f"== kernels: tuning time and latency (1 thread), budgets {budgets} ==")
         out["kernels"] = bench_kernels(kernels, budgets, args.passes, work, not args.json) if kernels else []
         if models and not args.json:

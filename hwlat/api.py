@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,11 +120,20 @@ def compile(model, *, backend: str, out, target=None, precision: str = "fp32", i
     if isinstance(model, (str, os.PathLike)):
         proto.graph.name = Path(model).stem
     opts = dict(options or {})
+    threads = 1
     if device:
-        from hwlat.store import find_device_dir
+        from hwlat.store import DeviceStore, find_device_dir
 
-        opts["device_dir"] = str(find_device_dir(device, lut_dir))
-    cfg = _device_config(device or "adhoc", backend, 1, target, None, None, precision, opts)
+        ddir = find_device_dir(device, lut_dir)
+        dev_cfg = DeviceStore(ddir, readonly=True).config()
+        if dev_cfg.backend != backend:
+            raise HwlatError(f"device '{device}' was profiled with backend '{dev_cfg.backend}', not '{backend}'")
+        # the deployed artifact is built as the device's kernels were: same target, precision, tuning
+        target = target if target is not None else dev_cfg.target
+        precision = dev_cfg.precision if precision == "fp32" else precision
+        threads = dev_cfg.threads
+        opts = {**dev_cfg.options, **opts, "device_dir": str(ddir)}
+    cfg = _device_config(device or "adhoc", backend, threads, target, None, None, precision, opts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return get_backend(backend).compile(proto, out, cfg)
@@ -135,7 +143,3 @@ def backends() -> list[dict]:
     from hwlat.profilers import probe_all
 
     return [b.to_dict() for b in probe_all()]
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -25,7 +25,7 @@ from hwlat.errors import HwlatError
 from hwlat.fusion import FusionRules
 from hwlat.kernel_onnx import kernel_model
 from hwlat.kernels import parse_key
-from hwlat.protocol import Protocol, combine_passes
+from hwlat.protocol import Protocol
 from hwlat.store import DeviceStore, resolve_lut_dir
 
 REFERENCE_KEY = "conv-relu_i28x28x64_o28x28x64_k3_s1_g1"
@@ -313,8 +313,6 @@ class Job:
 
     # -- entry -------------------------------------------------------------------------------
     def run(self) -> ProfileSummary:
-        from hwlat.profilers import get_backend  # noqa: F401 - backend checked in __init__
-
         self.summary = ProfileSummary(self.config.name, self.config.backend)
         self.store = DeviceStore.create(self.config, self.lut_dir)
         self.store.lock()
@@ -406,7 +404,3 @@ def _progress(enabled: bool):
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(file=sys.stderr), transient=False) as p:
         yield p
-
-
-def combine(values):  # re-exported for tests
-    return combine_passes(values)

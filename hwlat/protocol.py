@@ -10,7 +10,6 @@ and say how long that took; everything statistical lives here.
 from __future__ import annotations
 
 import abc
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -137,10 +136,18 @@ def measure_session(session: TimedSession, protocol: Protocol = Protocol()) -> M
     per_run_ms = max(elapsed * 1e3 / runs, 1e-4)
     number = int(min(protocol.max_number, max(1, np.ceil(protocol.min_trial_ms / per_run_ms))))
 
+    return trials_measurement(
+        lambda: [session.time_runs(number) * 1e3 / number for _ in range(protocol.trials)],
+        protocol, number, backend=session.backend, threads=session.threads)
+
+
+def trials_measurement(take_trials, protocol: Protocol, number: int, *, backend: str, threads: int) -> Measurement:
+    """Take trials (a callable returning per-run ms of each trial) again while their spread is above
+    the protocol's limit; keep the least spread set. Shared by local and remote runners."""
     best: tuple[float, list[float]] | None = None
     retries = 0
     for attempt in range(protocol.max_retries + 1):
-        trials = [session.time_runs(number) * 1e3 / number for _ in range(protocol.trials)]
+        trials = list(take_trials())
         med, p10, p90 = _stats(trials)
         spread = (p90 - p10) / med if med > 0 else 0.0
         if best is None or spread < best[0]:
@@ -150,16 +157,5 @@ def measure_session(session: TimedSession, protocol: Protocol = Protocol()) -> M
             break
     trials = best[1]
     med, p10, p90 = _stats(trials)
-    return Measurement(
-        median_ms=med, p10_ms=p10, p90_ms=p90, runs=number * len(trials), trials_ms=trials,
-        backend=session.backend, threads=session.threads, retries=retries,
-    )
-
-
-def combine_passes(values_ms: list[float]) -> float:
-    """The value of a kernel measured in several interleaved passes: their median."""
-    return float(np.median(np.asarray(values_ms)))
-
-
-def now() -> float:
-    return time.time()
+    return Measurement(median_ms=med, p10_ms=p10, p90_ms=p90, runs=number * len(trials), trials_ms=trials,
+                       backend=backend, threads=threads, retries=retries)

@@ -95,6 +95,9 @@ def validate(device: str, *, lut_dir=None, models_dir=None, families=None, passe
     from hwlat.device import DeviceConfig
 
     config = DeviceConfig.from_dict(pred.manifest["device"])
+    if pred.device_dir is not None:
+        # backends that keep per-device state (TVM tuning records) build models with it
+        config.options = {**config.options, "device_dir": str(pred.device_dir)}
     if models_dir:
         files = sorted(Path(models_dir).glob("*.onnx"))
         if not files:

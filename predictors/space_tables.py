@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hwlat.ir import detect_kernels, load_onnx, torch_to_onnx, with_input_shape
-from hwlat.kernels import Kernel, param_count, parse_key
+from hwlat.kernels import Kernel, parse_key
 
 _BLOCK_RE = re.compile(r"^/0/(?:0\.)?(\d+)/")   # the OFA body is model[0][0]: /0/0.<j>/...
 CACHE_VERSION = 2

@@ -4,13 +4,14 @@ The recipe for one kernel (``measure_on``):
   1. connect    - ``tvm.rpc.connect(host, port)``, or a session the tracker assigns for the key
   2. upload     - the library under a unique name into the server's work dir
   3. load       - ``remote.load_module`` + a Relax VM on the remote device
-  4. time       - the remote ``time_evaluator``, driven by the shared protocol (warm-up, trials of
-                  ``number`` runs each lasting at least ``min_trial_ms``)
+  4. time       - the remote ``time_evaluator`` with the shared protocol's numbers (warm-up,
+                  ``trials`` trials of ``number`` runs lasting at least ``min_trial_ms``), one
+                  round trip per step rather than per run
   5. clean up   - in ``finally``: the uploaded file is removed, the VM released
 Errors come back as ``RunResult(error=...)``; a dropped connection is retried on a fresh one.
 
-The farm (``TVMRpcRunner``): the tracker hands out one session per free server registered under
-the key; one worker thread per session takes kernels from a shared queue, so every device
+The farm (``TVMRpcRunner``): the tracker hands out one session per server registered under the
+key; one worker thread per session takes kernels from a shared queue, so every device
 measures one kernel at a time and all devices work at once. A server that dies mid-run loses
 only its current kernel, which goes back to the queue for the others.
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from hwlat.device import DeviceConfig
 from hwlat.errors import HwlatError
-from hwlat.protocol import Measurement, Protocol
+from hwlat.protocol import Measurement, Protocol, trials_measurement
 from hwlat.profilers.base import BuildResult, RunResult, Runner
 
 
@@ -178,26 +179,8 @@ def measure_batched(s, protocol: Protocol) -> Measurement:
     warm = s.evaluate(2, 1, min_repeat_ms=max(1, int(np.ceil(protocol.warmup_ms))))
     per_run_ms = max(warm[0] * 1e3, 1e-4)
     number = int(min(protocol.max_number, max(1, np.ceil(protocol.min_trial_ms / per_run_ms))))
-    best: tuple[float, list[float]] | None = None
-    retries = 0
-    for attempt in range(protocol.max_retries + 1):
-        trials = [v * 1e3 for v in s.evaluate(number, protocol.trials)]
-        med, p10, p90 = _stats(trials)
-        spread = (p90 - p10) / med if med > 0 else 0.0
-        if best is None or spread < best[0]:
-            best = (spread, trials)
-        retries = attempt
-        if spread <= protocol.max_spread:
-            break
-    trials = best[1]
-    med, p10, p90 = _stats(trials)
-    return Measurement(median_ms=med, p10_ms=p10, p90_ms=p90, runs=number * len(trials), trials_ms=trials,
-                       backend="tvm", threads=s.threads, retries=retries)
-
-
-def _stats(samples: list[float]) -> tuple[float, float, float]:
-    a = np.asarray(samples)
-    return float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
+    return trials_measurement(lambda: [v * 1e3 for v in s.evaluate(number, protocol.trials)], protocol, number,
+                              backend="tvm", threads=s.threads)
 
 
 def measure_on(session, build: BuildResult, protocol: Protocol, device: DeviceConfig) -> Measurement:
