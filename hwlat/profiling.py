@@ -99,19 +99,11 @@ class Job:
     def left(self) -> float:
         return self.budget_s - (time.monotonic() - self.t0)
 
-    def _measure_keys(self, keys: list[str], protocol: Protocol) -> dict:
-        builder = self.backend.builder(self.config, self.store.path)
-        from hwlat.profilers.base import BuildInput
-
-        builds = builder.build([BuildInput(k, kernel_model(k)) for k in keys])
-        runner = self.backend.runner(self.config)
-        try:
-            return {r.key: r for r in runner.run(builds, protocol)}
-        finally:
-            runner.close()
+    def _measure_keys(self, keys: list[str]) -> dict:
+        return {r.key: r for r in self._measure_iter(keys)}
 
     def _reference_ms(self) -> float | None:
-        r = self._measure_keys([REFERENCE_KEY], self.protocol).get(REFERENCE_KEY)
+        r = self._measure_keys([REFERENCE_KEY]).get(REFERENCE_KEY)
         if r is None or r.measurement is None:
             return None
         self.store.add_reference(r.measurement.median_ms, self.session_id)
@@ -124,7 +116,7 @@ class Job:
             return m
         vals = []
         for _ in range(5):
-            r = self._measure_keys([OVERHEAD_KEY], self.protocol)[OVERHEAD_KEY]
+            r = self._measure_keys([OVERHEAD_KEY])[OVERHEAD_KEY]
             if r.measurement:
                 vals.append(r.measurement.median_ms)
         m["call_overhead_ms"] = float(np.median(vals)) if vals else 0.0
