@@ -33,10 +33,13 @@ def main() -> None:
     ap.add_argument("--lut-dir", default=None, help="where the fresh device goes (default: a temp dir)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write all figures to this JSON file")
+    ap.add_argument("--truth-cache", default=None,
+                    help="JSON file keeping the ground truth between runs (measured when absent or for another setup)")
     args = ap.parse_args()
 
     import hwlat
     from hwlat.device import DeviceConfig
+    from hwlat.profilers import get_backend
     from hwlat.validate import measure_models, metrics, zoo_onnx
 
     lut_dir = Path(args.lut_dir or tempfile.mkdtemp(prefix="hwlat-bench-"))
@@ -47,8 +50,20 @@ def main() -> None:
     items = zoo_onnx(zoo_dir, fams, args.ofa_count)
     cfg = DeviceConfig("truth", args.backend, threads=args.threads, precision=args.precision)
     t0 = time.time()
-    truth = measure_models(items, cfg, passes=args.passes)
-    print(f"ground truth: {len(truth)} models x {args.passes} interleaved passes in {time.time() - t0:.0f} s")
+    setup = {"backend": args.backend, "precision": args.precision, "threads": args.threads, "passes": args.passes,
+             "models": sorted(n for n, _, _ in items), "versions": get_backend(args.backend).versions()}
+    cache = Path(args.truth_cache) if args.truth_cache else None
+    truth = None
+    if cache and cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("setup") == setup:
+            truth = saved["truth"]
+            print(f"ground truth: {len(truth)} models from {cache}")
+    if truth is None:
+        truth = measure_models(items, cfg, passes=args.passes)
+        print(f"ground truth: {len(truth)} models x {args.passes} interleaved passes in {time.time() - t0:.0f} s")
+        if cache:
+            cache.write_text(json.dumps({"setup": setup, "truth": truth}, indent=1))
 
     stages = [float(s) for s in args.stages.split(",")]
     done_min, report = 0.0, []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 
 from hwlat.device import DeviceConfig
 from hwlat.errors import HwlatError
-from hwlat.protocol import Measurement, Protocol
+from hwlat.protocol import MODEL_PROTOCOL, Measurement, Protocol
 
 
 def _device_config(name, backend, threads=1, target=None, rpc_tracker=None, rpc_key=None, precision="fp32",
@@ -34,7 +35,7 @@ def measure(model, *, backend: str = "onnxruntime", threads: int = 1, input_shap
     proto = load_onnx(model, input_shape, canonical=False)
     cfg = _device_config("adhoc", backend, threads, target, rpc_tracker, rpc_key, precision, options)
     be = get_backend(backend)
-    protocol = protocol or Protocol(warmup_ms=20.0, trials=7, min_trial_ms=5.0)
+    protocol = protocol or dataclasses.replace(MODEL_PROTOCOL, trials=7)
     if passes < 1:
         raise HwlatError("passes must be at least 1")
     import tempfile

@@ -14,6 +14,7 @@ Backends, predictors and spaces are imported here lazily: the core imports none 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from hwlat.errors import HwlatError
 from hwlat.fusion import FusionRules
 from hwlat.kernel_onnx import kernel_model
 from hwlat.kernels import parse_key
-from hwlat.protocol import Protocol
+from hwlat.protocol import MODEL_PROTOCOL, Protocol
 from hwlat.store import DeviceStore, resolve_lut_dir
 
 REFERENCE_KEY = "conv-relu_i28x28x64_o28x28x64_k3_s1_g1"
@@ -82,6 +83,9 @@ class Job:
         self.budget_s = float(budget_minutes) * 60.0
         self.lut_dir = resolve_lut_dir(lut_dir)
         self.protocol = protocol or Protocol(warmup_ms=5.0, trials=5, min_trial_ms=1.5)
+        # calibration architectures are whole models: timed as validation times them
+        self.model_protocol = dataclasses.replace(MODEL_PROTOCOL, passes=self.protocol.passes,
+                                                  max_retries=self.protocol.max_retries)
         self.prior = prior
         self.arch_samples = arch_samples
         self.detect_fusion = detect_fusion
@@ -257,7 +261,7 @@ class Job:
             for _ in range(min(n, len(self.arch_queue))):
                 p, name = self.arch_queue.pop(0)
                 b, key, family = self.arch_builds[name]
-                for r in runner.run([b], self.protocol):
+                for r in runner.run([b], self.model_protocol):
                     self.store.add_model_measurement(name, family, p, r.measurement, kernels=[key], error=r.error,
                                                      session=self.session_id)
                     self.summary.models_measured += r.measurement is not None

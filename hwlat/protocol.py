@@ -40,6 +40,11 @@ class Protocol:
         return cls(warmup_ms=2.0, trials=3, min_trial_ms=0.5, max_retries=0, passes=1)
 
 
+# Whole models (calibration architectures, validation ground truth, ``hwlat measure``) are timed
+# with one protocol, longer than a kernel's: a network's first runs allocate and fault pages in.
+MODEL_PROTOCOL = Protocol(warmup_ms=20.0, trials=5, min_trial_ms=5.0)
+
+
 @dataclass
 class Measurement:
     """One latency measurement, in milliseconds per run."""
@@ -52,6 +57,10 @@ class Measurement:
     backend: str = ""
     threads: int = 1
     retries: int = 0
+    # time per run the isolated artifact spent converting data layouts that a network keeps
+    # (ONNX Runtime's NCHWc ReorderInput/ReorderOutput around a lone convolution); the kernel's
+    # own cost inside a network is median_ms - layout_ms
+    layout_ms: float = 0.0
 
     @property
     def spread(self) -> float:
@@ -71,6 +80,10 @@ class TimedSession(abc.ABC):
 
     backend: str = ""
     threads: int = 1
+    # set before activate() for single-kernel artifacts: the backend then reports in
+    # ``layout_ms`` the per-run time spent in layout conversions only an isolated kernel pays
+    probe_layout: bool = False
+    layout_ms: float = 0.0
 
     def __init__(self) -> None:
         self._active = False
@@ -136,9 +149,11 @@ def measure_session(session: TimedSession, protocol: Protocol = Protocol()) -> M
     per_run_ms = max(elapsed * 1e3 / runs, 1e-4)
     number = int(min(protocol.max_number, max(1, np.ceil(protocol.min_trial_ms / per_run_ms))))
 
-    return trials_measurement(
+    m = trials_measurement(
         lambda: [session.time_runs(number) * 1e3 / number for _ in range(protocol.trials)],
         protocol, number, backend=session.backend, threads=session.threads)
+    m.layout_ms = min(float(session.layout_ms or 0.0), 0.9 * m.median_ms)
+    return m
 
 
 def trials_measurement(take_trials, protocol: Protocol, number: int, *, backend: str, threads: int) -> Measurement:

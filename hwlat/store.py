@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS kernels (
 CREATE TABLE IF NOT EXISTS measurements (
     id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, pass INTEGER NOT NULL,
     median_ms REAL, p10_ms REAL, p90_ms REAL, runs INTEGER, spread REAL, retries INTEGER,
-    error TEXT, worker TEXT, threads INTEGER, session TEXT, ts REAL
+    error TEXT, worker TEXT, threads INTEGER, session TEXT, ts REAL, layout_ms REAL
 );
 CREATE INDEX IF NOT EXISTS meas_key ON measurements(key);
 CREATE TABLE IF NOT EXISTS models (
@@ -110,6 +110,9 @@ class DeviceStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(_SCHEMA)
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(measurements)")}
+            if "layout_ms" not in cols:      # stores written before layout probing
+                self.conn.execute("ALTER TABLE measurements ADD COLUMN layout_ms REAL")
             self.conn.commit()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -190,9 +193,11 @@ class DeviceStore:
             row = (key, pass_idx, None, None, None, None, None, None, error, worker, None, session, time.time())
         else:
             row = (key, pass_idx, m.median_ms, m.p10_ms, m.p90_ms, m.runs, m.spread, m.retries, error, worker,
-                   m.threads, session, time.time())
+                   m.threads, session, time.time(), getattr(m, "layout_ms", 0.0))
+        if m is None:
+            row = row + (None,)
         self.conn.execute("INSERT INTO measurements(key, pass, median_ms, p10_ms, p90_ms, runs, spread, retries, "
-                          "error, worker, threads, session, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                          "error, worker, threads, session, ts, layout_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
         self.conn.commit()
 
     def add_model_measurement(self, name: str, family: str, pass_idx: int, m=None, *, kernels: list[str] = (),
@@ -235,10 +240,16 @@ class DeviceStore:
         return self._df("SELECT * FROM reference")
 
     def lut(self) -> pd.DataFrame:
-        """One row per measured kernel: median over passes of each pass's median."""
-        m = self._df("SELECT key, pass, median_ms, p10_ms, p90_ms, spread FROM measurements WHERE error IS NULL")
+        """One row per measured kernel: median over passes of each pass's median, less the layout
+        conversions only the isolated kernel paid (``layout_ms``, see hwlat.protocol.Measurement)."""
+        cols = ["key", "op", "kind", "latency_ms", "p10_ms", "p90_ms", "passes", "pass_spread", "layout_ms"]
+        m = self._df("SELECT key, pass, median_ms, p10_ms, p90_ms, spread, layout_ms FROM measurements "
+                     "WHERE error IS NULL")
         if m.empty:
-            return pd.DataFrame(columns=["key", "op", "kind", "latency_ms", "p10_ms", "p90_ms", "passes", "pass_spread"])
+            return pd.DataFrame(columns=cols)
+        m["layout_ms"] = m["layout_ms"].fillna(0.0)
+        for c in ("median_ms", "p10_ms", "p90_ms"):
+            m[c] = m[c] - m["layout_ms"]
         g = m.groupby("key")
         lut = pd.DataFrame({
             "latency_ms": g["median_ms"].median(),
@@ -246,10 +257,11 @@ class DeviceStore:
             "p90_ms": g["p90_ms"].median(),
             "passes": g["pass"].nunique(),
             "pass_spread": g["median_ms"].agg(lambda s: float((s.max() - s.min()) / s.median()) if len(s) > 1 else 0.0),
+            "layout_ms": g["layout_ms"].median(),
         }).reset_index()
         kern = self.kernels()[["key", "op", "kind"]] if self.conn is not None else pd.DataFrame()
         lut = lut.merge(kern, on="key", how="left")
-        return lut[["key", "op", "kind", "latency_ms", "p10_ms", "p90_ms", "passes", "pass_spread"]]
+        return lut[cols]
 
     def model_lut(self) -> pd.DataFrame:
         m = self._df("SELECT name, family, pass, median_ms, kernels FROM models WHERE error IS NULL")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hwlat.errors import HwlatError
-from hwlat.protocol import Protocol
+from hwlat.protocol import MODEL_PROTOCOL, Protocol
 
 
 def metrics(measured, predicted) -> dict:
@@ -52,7 +52,7 @@ def measure_models(items, config, passes: int = 3, protocol: Protocol | None = N
     from hwlat.profilers import get_backend
     from hwlat.profilers.base import BuildInput
 
-    protocol = protocol or Protocol(warmup_ms=20.0, trials=5, min_trial_ms=5.0)
+    protocol = protocol or MODEL_PROTOCOL
     be = get_backend(config.backend)
     rng = np.random.default_rng(seed)
     times: dict[str, list[float]] = {n: [] for n, _, _ in items}

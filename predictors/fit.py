@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from hwlat.predictors.kernel_model import KernelRegressors
-from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction
+from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction, network_layout_ms
 
 
 def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -26,6 +26,26 @@ def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.nda
         cnt.append(len(mk.keys))
         mb.append(sum(pred.cold_mb(k.kernel) for k in mk.kernels))
     return np.array(net), np.array(cnt, float), np.array(mb)
+
+
+def network_lut(lut):
+    """The LUT as kernels cost inside a network: measured in isolation, less the layout conversions
+    only the isolated kernel paid (``layout_ms``, already removed by the store), plus those a network
+    pays around some kernels (:func:`network_layout_ms`), priced per element from the conversions
+    the device's own kernel probes measured."""
+    from hwlat.kernels import numel, parse_key
+
+    if lut.empty or "layout_ms" not in lut.columns:
+        return lut
+    lay = lut[lut["layout_ms"] > 0]
+    if len(lay) < 10:
+        return lut
+    elems = np.array([numel(parse_key(k).inputs[0]) + numel(parse_key(k).output) for k in lay["key"]], float)
+    per_elem = float(np.median(lay["layout_ms"].to_numpy() / elems))
+    lut = lut.copy()
+    lut["latency_ms"] = lut["latency_ms"].to_numpy() + np.array([network_layout_ms(k, per_elem) for k in lut["key"]])
+    lut.attrs["layout_ms_per_element"] = per_elem
+    return lut
 
 
 MAX_PASS_SPREAD = 0.2   # a calibration network whose passes disagree more than this was hit by a slow spell
@@ -53,7 +73,7 @@ def _calibration_parts(store, pred):
 def fit_device(store) -> dict:
     t0 = time.perf_counter()
     lut_path = store.export_lut()
-    lut = store.lut()
+    lut = network_lut(store.lut())
     manifest = store.manifest()
     if lut.empty:
         return {"error": "no kernels measured"}
@@ -72,7 +92,7 @@ def fit_device(store) -> dict:
 
     meta = {"kernels": kmeta, "correction": corr.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"xgboost": xgboost.__version__, "onnxruntime": onnxruntime.__version__},
-            "lut_rows": int(len(lut))}
+            "lut_rows": int(len(lut)), "layout_ms_per_element": lut.attrs.get("layout_ms_per_element", 0.0)}
     tmp = pdir / "predictor.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     tmp.replace(pdir / "predictor.json")
@@ -81,7 +101,7 @@ def fit_device(store) -> dict:
 
 
 def _predictor_now(store) -> LatencyPredictor:
-    lut = store.lut()
+    lut = network_lut(store.lut())
     regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
     manifest = store.manifest()
     return LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,

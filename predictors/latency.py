@@ -27,11 +27,29 @@ from hwlat.store import LUT_CSV, find_device_dir
 PREDICTOR_DIR = "predictor"
 
 
+NETWORK_LAYOUT_OPS = ("se", "shuffle")
+
+
+def network_layout_ms(key: str, per_element_ms: float) -> float:
+    """Layout conversions a network pays around a kernel that it does not pay alone.
+
+    On ONNX Runtime the blocked (NCHWc) layout of convolutions is converted back to NCHW before a
+    squeeze-excite block or a channel shuffle and forward again after it (read from ORT's optimized
+    graphs); in isolation such a kernel pays none of it. Priced per element from the conversions the
+    device's own kernel probes measured (zero on runtimes that have none).
+    """
+    if per_element_ms <= 0 or key.split("_", 1)[0].split("-")[0] not in NETWORK_LAYOUT_OPS:
+        return 0.0
+    from hwlat.kernels import numel, parse_key
+
+    return 2.0 * per_element_ms * numel(parse_key(key).inputs[0])
+
+
 @dataclass
 class Correction:
-    """``model_ms = a * sum(net kernel ms) + b * n_kernels + c + d * weight_MB``.
+    """``model_ms = a * sum(net kernel ms) + b * n_kernels + c + d * weight_MB + call``.
 
-    ``net`` removes the per-call cost of an isolated run. ``d`` prices weights that are warm in
+    ``net`` removes the per-call cost of an isolated run; the network pays it once (``call``). ``d`` prices weights that are warm in
     cache when a kernel runs alone but cold inside a whole network (they are streamed once per
     inference). Terms are kept only when leave-one-out error on the measured networks says so.
     """
@@ -47,7 +65,8 @@ class Correction:
     rmspe_after: float | None = None
 
     def apply(self, net_sum_ms, n_kernels, weight_mb=0.0):
-        return self.a * net_sum_ms + self.b_ms * n_kernels + self.c_ms + self.d_ms_per_mb * weight_mb
+        return (self.a * net_sum_ms + self.b_ms * n_kernels + self.c_ms + self.d_ms_per_mb * weight_mb
+                + self.overhead_ms)
 
     def net(self, kernel_ms: np.ndarray) -> np.ndarray:
         return np.maximum(kernel_ms - self.overhead_ms, 0.1 * kernel_ms)
@@ -59,9 +78,9 @@ class Correction:
 _TERMS = {"a": (0,), "ab": (0, 1), "ad": (0, 3), "abd": (0, 1, 3), "abc": (0, 1, 2)}
 
 
-def _solve(feats, y, cols):
+def _solve(feats, y, cols, call_ms=0.0):
     w = 1.0 / y
-    coef, *_ = np.linalg.lstsq(feats[:, cols] * w[:, None], y * w, rcond=None)
+    coef, *_ = np.linalg.lstsq(feats[:, cols] * w[:, None], (y - call_ms) * w, rcond=None)
     full = dict(zip(cols, coef))
     return full.get(0, 1.0), full.get(1, 0.0), full.get(2, 0.0), full.get(3, 0.0)
 
@@ -80,7 +99,7 @@ def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=Non
         return float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
 
     base = Correction(overhead_ms=overhead_ms, fitted_on=len(y), terms="none")
-    base.rmspe_before = rmspe(net_sums)
+    base.rmspe_before = rmspe(net_sums + overhead_ms)
     best, best_loo = base, base.rmspe_before
     if len(y) < 4:
         best.rmspe_after = best.rmspe_before
@@ -90,12 +109,12 @@ def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=Non
         ok = True
         for i in range(len(y)):
             m = np.arange(len(y)) != i
-            a, b, c, d = _solve(feats[m], y[m], cols)
+            a, b, c, d = _solve(feats[m], y[m], cols, overhead_ms)
             ok &= _physical(a, b, c, d, y)
-            loo[i] = a * net_sums[i] + b * counts[i] + c + d * mb[i]
+            loo[i] = a * net_sums[i] + b * counts[i] + c + d * mb[i] + overhead_ms
         err = rmspe(loo)
         if ok and err < best_loo - 1e-3:
-            a, b, c, d = _solve(feats, y, cols)
+            a, b, c, d = _solve(feats, y, cols, overhead_ms)
             best = Correction(a, b, c, d, overhead_ms, len(y), name)
             best_loo = err
     best.rmspe_before = base.rmspe_before
@@ -151,6 +170,9 @@ class LatencyPredictor:
             except ValueError as e:
                 raise HwlatError(f"device '{name}': {e}") from None
             corr = Correction(**meta.get("correction", {}))
+            per_elem = float(meta.get("layout_ms_per_element", 0.0))
+            if per_elem > 0:
+                lut = {k: v + network_layout_ms(k, per_elem) for k, v in lut.items()}
         if not lut and regs is None:
             raise UnknownDeviceError(f"device '{name}' has no measurements yet; run hwlat profile for it")
         return cls(name, manifest, lut, regs, corr, d)
@@ -207,7 +229,7 @@ class LatencyPredictor:
         total = float(self.correction.apply(net.sum(), len(keys), mb.sum()))
         # per-kernel share of the corrected total, so the breakdown adds up to the prediction
         c = self.correction
-        share = net * c.a + c.b_ms + c.c_ms / max(len(keys), 1) + c.d_ms_per_mb * mb
+        share = net * c.a + c.b_ms + (c.c_ms + c.overhead_ms) / max(len(keys), 1) + c.d_ms_per_mb * mb
         preds = [KernelPrediction(k, float(s), src, u, inst.nodes)
                  for k, s, src, u, inst in zip(keys, share, sources, used, mk.kernels)]
         return total, preds

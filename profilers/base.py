@@ -49,6 +49,7 @@ class BuildResult:
     artifact: Any = None                 # backend-specific: a path, bytes, a compiled module
     error: str | None = None
     build_seconds: float = 0.0
+    kind: str = "kernel"                 # "kernel" | "model", as the BuildInput said
 
 
 @dataclass
@@ -87,7 +88,9 @@ class LocalRunner(Runner):
                 yield RunResult(b.key, error=b.error)
                 continue
             try:
-                with self.backend.session(b.artifact, self.device) as s:
+                s = self.backend.session(b.artifact, self.device)
+                s.probe_layout = b.kind == "kernel"
+                with s:
                     m = measure_session(s, protocol)
                 yield RunResult(b.key, measurement=m)
             except Exception as e:  # noqa: BLE001 - errors are values here

@@ -71,7 +71,7 @@ def detect_rules(backend, config, workdir, protocol, *, budget_s: float = 60.0, 
         try:
             for r in runner.run(order, protocol):
                 if r.measurement is not None:
-                    times[r.key].append(r.measurement.median_ms)
+                    times[r.key].append(r.measurement.median_ms - r.measurement.layout_ms)
         finally:
             runner.close()
         if time.monotonic() - t0 > budget_s:

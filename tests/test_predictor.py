@@ -85,3 +85,64 @@ def test_ofa_fast_table_equals_exact_path(small_device):
     assert np.allclose(p.predict_many([space.key(a) for a in archs]), fast)
     many = p.predict_many(space.sample(2000, seed=3))
     assert many.shape == (2000,) and np.isfinite(many).all() and (many > 0).all()
+
+
+# --- layout conversions (ONNX Runtime NCHWc) ----------------------------------------------------
+def _run_one(key, kind):
+    from hwlat.kernel_onnx import kernel_model
+    from hwlat.profilers.base import BuildInput
+
+    be = get_backend("onnxruntime")
+    cfg = DeviceConfig("t", "onnxruntime")
+    build = be.builder(cfg, None).build([BuildInput(key, kernel_model(key), kind=kind)])[0]
+    assert build.kind == kind
+    runner = be.runner(cfg)
+    try:
+        (r,) = list(runner.run([build], QUICK))
+    finally:
+        runner.close()
+    assert r.error is None, r.error
+    return r.measurement
+
+
+def test_ort_layout_probe_prices_the_reorders_of_a_lone_convolution():
+    # a lone pointwise convolution runs as ReorderInput -> NCHWc Conv -> ReorderOutput
+    conv = "conv_i56x56x32_o56x56x128_k1_s1_g1"
+    m = _run_one(conv, "kernel")
+    assert 0.02 * m.median_ms < m.layout_ms < 0.8 * m.median_ms
+    # a whole model keeps its conversions: nothing is taken off
+    assert _run_one(conv, "model").layout_ms == 0.0
+    # an elementwise add has no blocked layout at all
+    assert _run_one("add_i28x28x64+28x28x64_o28x28x64", "kernel").layout_ms == 0.0
+
+
+def test_network_layout_cost_goes_to_se_and_shuffle_kernels_only():
+    from hwlat.predictors.latency import network_layout_ms
+
+    pe = 1e-6
+    se = "se-relu-hsigmoid_i14x14x96_o14x14x96_m24"
+    assert network_layout_ms(se, pe) == pytest.approx(2 * pe * 14 * 14 * 96)
+    assert network_layout_ms("conv_i14x14x96_o14x14x96_k3_s1_g96", pe) == 0.0
+    assert network_layout_ms(se, 0.0) == 0.0
+
+
+def test_store_from_before_layout_probing_is_migrated(tmp_path):
+    import sqlite3
+
+    from hwlat.protocol import Measurement
+    from hwlat.store import DB_NAME, DeviceStore
+
+    d = tmp_path / "old"
+    d.mkdir()
+    con = sqlite3.connect(d / DB_NAME)
+    con.execute("CREATE TABLE measurements (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, "
+                "pass INTEGER NOT NULL, median_ms REAL, p10_ms REAL, p90_ms REAL, runs INTEGER, spread REAL, "
+                "retries INTEGER, error TEXT, worker TEXT, threads INTEGER, session TEXT, ts REAL)")
+    con.execute("INSERT INTO measurements(key, pass, median_ms, p10_ms, p90_ms, runs) VALUES ('a', 0, 1.0, 0.9, 1.1, 5)")
+    con.commit()
+    con.close()
+    st = DeviceStore(d)
+    st.add_measurement("b", 0, Measurement(2.0, 1.9, 2.1, 5, layout_ms=0.5))
+    lut = st.lut().set_index("key")
+    assert lut.loc["a", "latency_ms"] == pytest.approx(1.0) and lut.loc["b", "latency_ms"] == pytest.approx(1.5)
+    st.close()

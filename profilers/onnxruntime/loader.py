@@ -20,7 +20,8 @@ class OnnxRuntimeBuilder(Builder):
         for inp in inputs:
             t0 = time.perf_counter()
             try:
-                out.append(BuildResult(inp.key, inp.model.SerializeToString(), None, time.perf_counter() - t0))
+                out.append(BuildResult(inp.key, inp.model.SerializeToString(), None, time.perf_counter() - t0,
+                                       kind=inp.kind))
             except Exception as e:  # noqa: BLE001 - errors are values in a batch
                 out.append(BuildResult(inp.key, None, f"{type(e).__name__}: {e}"))
         return out
