@@ -83,7 +83,8 @@ def main() -> None:
         ofa = fam.get("ofa", {})
         report.append({"minutes": stage, "wall_s": round(time.time() - t1, 1), "kernels": dev.summary["kernels_measured"],
                        "overall": overall, "families": fam, "correction": dev.summary["fit"].get("correction"),
-                       "curve": dev.summary.get("curve")})
+                       "curve": dev.summary.get("curve"),
+                       "models": [{"name": n, "family": f, "measured_ms": y, "predicted_ms": p} for n, f, y, p in rows]})
         print(f"\n== after {stage:g} min of profiling ({dev.summary['kernels_measured']} kernels) ==")
         print(f"{'family':<14}{'n':>3}{'RMSPE':>8}{'±5%':>6}{'±10%':>6}{'bias':>7}")
         for f, m in fam.items():

@@ -11,13 +11,13 @@ from hwlat.predictors.kernel_model import KernelRegressors
 from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction, network_layout_ms
 
 
-def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(net kernel ms, kernel count, weight MB) of each architecture, before correction."""
+def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, ...]:
+    """(net kernel ms, kernel count, weight MB, activation MB) of each architecture, before correction."""
     from hwlat.predictors.space_tables import OFATable
 
     if space.name == "ofa-mbv3":
         return OFATable(space, pred).parts([space.parse(a) for a in archs])
-    net, cnt, mb = [], [], []
+    net, cnt, mb, amb = [], [], [], []
     for a in archs:
         a = space.parse(a)
         mk = pred.kernels_of(space.build(a), space.input_shape(a))
@@ -25,7 +25,8 @@ def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, np.nda
         net.append(float(pred.correction.net(raw).sum()))
         cnt.append(len(mk.keys))
         mb.append(sum(pred.cold_mb(k.kernel) for k in mk.kernels))
-    return np.array(net), np.array(cnt, float), np.array(mb)
+        amb.append(sum(pred.act_mb(k.kernel) for k in mk.kernels))
+    return np.array(net), np.array(cnt, float), np.array(mb), np.array(amb)
 
 
 def network_lut(lut):
@@ -56,18 +57,19 @@ def _calibration_parts(store, pred):
 
     models = store.model_lut()
     models = models[(models["passes"] < 2) | (models["pass_spread"] <= MAX_PASS_SPREAD)]
-    nets, cnts, mbs, ys = [], [], [], []
+    nets, cnts, mbs, ambs, ys = [], [], [], [], []
     for family, grp in models.groupby("family"):
         try:
             sp = spaces.get(family)
         except Exception:  # noqa: BLE001 - models of no known space are not used for the correction
             continue
-        n, c, m = arch_parts(pred, sp, [json.loads(k)[0] for k in grp["kernels"]])
+        n, c, m, am = arch_parts(pred, sp, [json.loads(k)[0] for k in grp["kernels"]])
         nets += list(n)
         cnts += list(c)
         mbs += list(m)
+        ambs += list(am)
         ys += list(grp["latency_ms"])
-    return tuple(np.asarray(v, float) for v in (nets, cnts, mbs, ys))
+    return tuple(np.asarray(v, float) for v in (nets, cnts, mbs, ambs, ys))
 
 
 def fit_device(store) -> dict:
@@ -82,9 +84,9 @@ def fit_device(store) -> dict:
     pred = LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=overhead), store.path)
     corr = Correction(overhead_ms=overhead)
-    nets, cnts, mbs, ys = _calibration_parts(store, pred)
+    nets, cnts, mbs, ambs, ys = _calibration_parts(store, pred)
     if len(ys):
-        corr = fit_correction(nets, cnts, ys, overhead, mbs)
+        corr = fit_correction(nets, cnts, ys, overhead, mbs, ambs)
     pdir = store.path / PREDICTOR_DIR
     kmeta = regs.save(pdir)
     import onnxruntime
@@ -116,13 +118,13 @@ def holdout_error(store) -> dict:
     if len(store.model_lut()) < 6 or store.lut().empty:
         return {"n": int(len(store.model_lut()))}
     pred = _predictor_now(store)
-    nets, cnts, mbs, ys = _calibration_parts(store, pred)
+    nets, cnts, mbs, ambs, ys = _calibration_parts(store, pred)
     idx = np.arange(len(ys))
     out = np.empty(len(ys))
     for fold in (0, 1):
         tr, te = idx % 2 != fold, idx % 2 == fold
-        corr = fit_correction(nets[tr], cnts[tr], ys[tr], pred.correction.overhead_ms, mbs[tr])
-        out[te] = corr.apply(nets[te], cnts[te], mbs[te])
+        corr = fit_correction(nets[tr], cnts[tr], ys[tr], pred.correction.overhead_ms, mbs[tr], ambs[tr])
+        out[te] = corr.apply(nets[te], cnts[te], mbs[te], ambs[te])
     m = metrics(ys, out)
     return {"n": m["n"], "rmspe": round(m["rmspe"], 4), "acc_10pct": round(m["acc_10pct"], 3),
             "acc_5pct": round(m["acc_5pct"], 3)}

@@ -162,23 +162,27 @@ class OFATable:
         self.widths = list(space.choices().get("w", [1.0]))
         records = ofa_records(space, predictor.rules)
         shape = (len(self.widths), len(O.RESOLUTIONS), O.N_BLOCKS, len(O.KS), len(O.EXPANDS))
-        self.net, self.cnt, self.mb = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        self.net, self.cnt, self.mb, self.amb = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.fixed_net = np.zeros(shape[:2])
         self.fixed_cnt = np.zeros(shape[:2])
         self.fixed_mb = np.zeros(shape[:2])
+        self.fixed_amb = np.zeros(shape[:2])
         keys = sorted({r[-1] for r in records})
         raw, _, _ = predictor.kernel_latencies(keys)
         net = dict(zip(keys, predictor.correction.net(raw)))
         mb = {k: predictor.cold_mb(parse_key(k)) for k in keys}
+        amb = {k: predictor.act_mb(parse_key(k)) for k in keys}
         for wi, ri, blk, ki, ei, key in records:
             if blk >= 0:
                 self.net[wi, ri, blk, ki, ei] += net[key]
                 self.cnt[wi, ri, blk, ki, ei] += 1
                 self.mb[wi, ri, blk, ki, ei] += mb[key]
+                self.amb[wi, ri, blk, ki, ei] += amb[key]
             elif ki == 0 and ei == 0:   # stem and head are the same in every covering network
                 self.fixed_net[wi, ri] += net[key]
                 self.fixed_cnt[wi, ri] += 1
                 self.fixed_mb[wi, ri] += mb[key]
+                self.fixed_amb[wi, ri] += amb[key]
         self._k_lut = np.zeros(8, int)
         self._k_lut[list(O.KS)] = np.arange(len(O.KS))
         self._e_lut = np.zeros(8, int)
@@ -188,7 +192,7 @@ class OFATable:
         return self.predictor.correction.apply(*self.parts(archs))
 
     def parts(self, archs):
-        """(net kernel ms, kernel count, weight MB) of each architecture, before correction."""
+        """(net kernel ms, kernel count, weight MB, activation MB) of each architecture, before correction."""
         O = self.O
         if isinstance(archs, np.ndarray):
             m = archs
@@ -209,7 +213,8 @@ class OFATable:
         net = (self.net[wi[:, None], ri[:, None], b, ki, ei] * active).sum(1) + self.fixed_net[wi, ri]
         cnt = (self.cnt[wi[:, None], ri[:, None], b, ki, ei] * active).sum(1) + self.fixed_cnt[wi, ri]
         mb = (self.mb[wi[:, None], ri[:, None], b, ki, ei] * active).sum(1) + self.fixed_mb[wi, ri]
-        return net, cnt, mb
+        amb = (self.amb[wi[:, None], ri[:, None], b, ki, ei] * active).sum(1) + self.fixed_amb[wi, ri]
+        return net, cnt, mb, amb
 
 
 def table_for(space, predictor):

@@ -64,12 +64,17 @@ def test_correction_recovers_known_terms():
     net = rng.uniform(2, 20, 30)
     cnt = rng.integers(40, 120, 30).astype(float)
     mb = rng.uniform(5, 40, 30)
-    y = 1.1 * net + 0.004 * cnt + 0.03 * mb
-    c = fit_correction(net, cnt, y * (1 + rng.normal(0, 0.005, 30)), 0.002, mb)
-    assert c.terms in ("abd", "ad") and abs(c.a - 1.1) < 0.05 and c.rmspe_after < 0.02 < c.rmspe_before
-    # pure noise around the plain sum: no term is worth keeping
-    c2 = fit_correction(net, cnt, net * (1 + rng.normal(0, 0.03, 30)), 0.002, mb)
-    assert c2.terms in ("none", "a") and abs(c2.a - 1.0) < 0.05
+    amb = rng.uniform(20, 200, 30)
+    call = 0.002
+    y = net + 0.03 * mb + 0.008 * amb + call
+    c = fit_correction(net, cnt, y * (1 + rng.normal(0, 0.005, 30)), call, mb, amb)
+    assert c.terms == "de" and abs(c.d_ms_per_mb - 0.03) < 0.005 and abs(c.e_ms_per_mb - 0.008) < 0.002
+    assert c.rmspe_after < 0.02 < c.rmspe_before
+    assert c.apply(net[0], cnt[0], mb[0], amb[0]) == pytest.approx(y[0], rel=0.03)
+    # pure noise around the plain sum: whatever is kept stays close to the plain sum
+    c2 = fit_correction(net, cnt, (net + call) * (1 + rng.normal(0, 0.03, 30)), call, mb, amb)
+    assert c2.a == 1.0 and c2.b_ms == 0.0 and c2.c_ms == 0.0
+    assert np.allclose(c2.apply(net, cnt, mb, amb), net + call, rtol=0.04)
 
 
 def test_ofa_fast_table_equals_exact_path(small_device):
