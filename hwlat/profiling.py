@@ -68,6 +68,10 @@ def _check_config(store: DeviceStore, config: DeviceConfig) -> None:
                 f"a device is one configuration; choose another --device name")
 
 
+# networks measured for the whole-model correction besides those of the profiled spaces
+CALIBRATION_EXTRA = {"fbnet": 8}
+
+
 class Job:
     def __init__(self, config: DeviceConfig, *, spaces=(), models_dir=None, budget_minutes: float = 10.0,
                  lut_dir=None, protocol: Protocol | None = None, prior: int = 1200, arch_samples: int = 24,
@@ -223,24 +227,35 @@ class Job:
     def prepare_archs(self) -> None:
         """Build the calibration architectures; their passes are measured between kernel chunks so
         that whole models and kernels see the same host conditions."""
-        self.arch_builds, self.arch_queue = {}, []
-        if not self.space_objs or self.arch_samples <= 0:
+        self.arch_builds, self.arch_queue, self.cal_keys = {}, [], []
+        if self.arch_samples <= 0:
             return
-        from hwlat.ir import load_onnx, torch_to_onnx
+        from hwlat.ir import detect_kernels, load_onnx, torch_to_onnx
         from hwlat.profilers.base import BuildInput
+        from hwlat.search import spaces as _spaces
 
         have = self.store.model_measurements()
         done = set(zip(have["name"], have["pass"])) if not have.empty else set()
-        per_space = max(1, self.arch_samples // len(self.space_objs))
+        per_space = max(1, self.arch_samples // max(len(self.space_objs), 1))
         builder = self.backend.builder(self.config, self.store.path)
-        for sp in self.space_objs:
-            for i, a in enumerate(sp.sample(per_space, seed=self.seed + 1000)):
+        # networks of other spaces calibrate too: one space alone cannot separate the physical
+        # terms of the whole-model correction (weights vs activations streamed), and a correction
+        # fitted on one family mispredicts the others
+        todo_spaces = [(sp, per_space) for sp in self.space_objs]
+        if self.space_objs:
+            todo_spaces += [(_spaces.get(n), CALIBRATION_EXTRA[n]) for n in CALIBRATION_EXTRA
+                            if n not in {sp.name for sp in self.space_objs}]
+        for sp, count in todo_spaces:
+            for i, a in enumerate(sp.sample(count, seed=self.seed + 1000)):
                 name = f"{sp.name}-cal-{i:03d}"
                 todo = [p for p in range(self.protocol.passes) if (name, p) not in done]
                 if not todo:
                     continue
                 proto = load_onnx(torch_to_onnx(sp.build(a), sp.input_shape(a)), canonical=False)
                 proto.graph.name = name
+                # the calibration networks' own kernels are measured too, so that the correction
+                # fitted on them sees the physics of whole networks, not regressor error
+                self.cal_keys += [k for k in detect_kernels(proto, self.rules).keys if k not in self.cal_keys]
                 self.arch_builds[name] = (builder.build([BuildInput(name, proto, kind="model")])[0], sp.key(a), sp.name)
                 self.arch_queue += [(p, name) for p in todo]
         # pass-major order, shuffled within a pass: interleaved passes
@@ -342,6 +357,12 @@ class Job:
                 prog.update(task, description="building calibration architectures")
                 self.extra = []
                 self.prepare_archs()
+                have = {k for k, _ in plan}
+                new = [k for k in self.cal_keys if k not in have]
+                if new:
+                    self.store.add_kernels([(k, parse_key(k).op, parse_key(k).kind, "calibration") for k in new])
+                    plan = [(k, "calibration") for k in new] + plan
+                    self.summary.kernels_planned = len(plan)
                 done = self.store.done_passes()
                 prog.update(task, description=f"measuring {self.config.name}", total=len(plan),
                             completed=sum(min(len(done.get(k, ())), self.protocol.passes) for k, _ in plan)

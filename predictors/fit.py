@@ -11,6 +11,9 @@ from hwlat.predictors.kernel_model import KernelRegressors
 from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction, network_layout_ms
 
 
+_ARCH_KERNELS: dict = {}     # (space, arch, rules) -> kernels: fits repeat during a profile
+
+
 def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, ...]:
     """(net kernel ms, kernel count, weight MB, activation MB) of each architecture, before correction."""
     from hwlat.predictors.space_tables import OFATable
@@ -20,7 +23,10 @@ def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, ...]:
     net, cnt, mb, amb = [], [], [], []
     for a in archs:
         a = space.parse(a)
-        mk = pred.kernels_of(space.build(a), space.input_shape(a))
+        ck = (space.name, space.key(a), str(sorted(pred.rules.fuse)), str(sorted(pred.rules.groups)))
+        mk = _ARCH_KERNELS.get(ck)
+        if mk is None:
+            mk = _ARCH_KERNELS[ck] = pred.kernels_of(space.build(a), space.input_shape(a))
         raw, _, _ = pred.kernel_latencies(mk.keys)
         net.append(float(pred.correction.net(raw).sum()))
         cnt.append(len(mk.keys))

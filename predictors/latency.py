@@ -83,7 +83,7 @@ class Correction:
 # space cannot tell a free scale factor or per-kernel term from real physics: fitted on OFA
 # networks, they mispredicted other families (measured: whole zoo 84-89% within 10% with them,
 # 94.6% with d and e alone).
-_TERMS = {"d": (3,), "e": (4,), "de": (3, 4)}
+_TERMS = {"a": (0,), "d": (3,), "e": (4,), "de": (3, 4), "ad": (0, 3), "ae": (0, 4), "ade": (0, 3, 4)}
 
 
 def _solve(feats, y, cols, call_ms=0.0):
