@@ -97,8 +97,8 @@ def _solve(feats, y, cols, call_ms=0.0):
 
 def _physical(coef, y) -> bool:
     a, b, c, d, e = coef
-    return (0.6 <= a <= 1.6 and -0.05 <= b <= 0.05 and abs(c) < 0.5 * np.median(y) and -0.01 <= d <= 0.2
-            and -0.01 <= e <= 0.2)
+    return (0.6 <= a <= 1.6 and -0.05 <= b <= 0.05 and abs(c) < 0.5 * np.median(y) and 0.0 <= d <= 0.2
+            and 0.0 <= e <= 0.2)
 
 
 def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=None, act_mb=None) -> Correction:
