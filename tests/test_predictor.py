@@ -151,3 +151,41 @@ def test_store_from_before_layout_probing_is_migrated(tmp_path):
     lut = st.lut().set_index("key")
     assert lut.loc["a", "latency_ms"] == pytest.approx(1.0) and lut.loc["b", "latency_ms"] == pytest.approx(1.5)
     st.close()
+
+
+def test_ort_kernel_sink_keeps_network_fusions(tmp_path):
+    """A lone Conv->HardSwish is left unfused by ORT (its output is the graph output); with the
+    sink it runs as in a network: one NCHWc Conv with a HardSwish activation."""
+    import onnx
+
+    from hwlat.kernel_onnx import kernel_model
+    from hwlat.profilers.onnxruntime.loader import SINK, with_sink
+    from hwlat.profilers.onnxruntime.runner import session_options
+    import onnxruntime as ort
+    from hwlat.profilers.base import BuildInput
+
+    key = "conv-hswish_i14x14x96_o14x14x96_k3_s1_g96"
+
+    def optimized(model):
+        so = session_options(1)
+        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        g = onnx.load(str(tmp_path / "opt.onnx")).graph
+        return [(n.op_type, [onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "activation"])
+                for n in g.node]
+
+    alone = optimized(kernel_model(key))
+    sunk = optimized(with_sink(kernel_model(key)))
+    assert ("Conv", [b"HardSwish"]) not in alone and ("Conv", [b"HardSwish"]) in sunk
+    # the builder adds the sink to conv->activation kernels only, never to whole models
+    be = get_backend("onnxruntime")
+    b = be.builder(DeviceConfig("t", "onnxruntime"), None).build(
+        [BuildInput(key, kernel_model(key)), BuildInput("conv_i14x14x96_o14x14x96_k3_s1_g96",
+                                                       kernel_model("conv_i14x14x96_o14x14x96_k3_s1_g96")),
+         BuildInput(key, kernel_model(key), kind="model")])
+    assert SINK.encode() in b[0].artifact and SINK.encode() not in b[1].artifact and SINK.encode() not in b[2].artifact
+    # and the sink's time is taken off with the reorders: a fused ReLU costs about nothing
+    conv = _run_one("conv_i56x56x32_o56x56x128_k1_s1_g1", "kernel")
+    relu = _run_one("conv-relu_i56x56x32_o56x56x128_k1_s1_g1", "kernel")
+    assert relu.layout_ms > conv.layout_ms
+    assert (relu.median_ms - relu.layout_ms) < 1.15 * (conv.median_ms - conv.layout_ms)

@@ -12,6 +12,36 @@ from hwlat.device import DeviceConfig
 from hwlat.profilers.base import Backend, BackendInfo, BuildInput, BuildResult, Builder
 
 
+SINK = "hwlat_sink"
+
+
+def with_sink(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The kernel followed by a 1x1 max-pool, so that its last op does not produce a graph output.
+
+    ORT leaves a fusion undone when the fused node's output is a graph output: a lone
+    Conv->HardSwish runs as Conv, HardSigmoid, Mul, while inside a network the NCHWc Conv takes
+    HardSwish as its activation (read from both optimized graphs). The sink is timed by the layout
+    probe and taken off with the reorders.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    y = g.output[0].name
+    for n in g.node:
+        for i, o in enumerate(n.output):
+            if o == y:
+                n.output[i] = y + "_kernel"
+    g.node.append(onnx.helper.make_node("MaxPool", [y + "_kernel"], [y], name=SINK, kernel_shape=[1, 1]))
+    return m
+
+
+def _needs_sink(key: str) -> bool:
+    from hwlat.ir import ACTIVATIONS
+
+    chain = key.split("_", 1)[0].split("-")
+    return len(chain) > 1 and chain[0] == "conv" and chain[-1] in ACTIVATIONS
+
+
 class OnnxRuntimeBuilder(Builder):
     """ONNX is already ORT's format: the artifact is the serialized model."""
 
@@ -20,7 +50,8 @@ class OnnxRuntimeBuilder(Builder):
         for inp in inputs:
             t0 = time.perf_counter()
             try:
-                out.append(BuildResult(inp.key, inp.model.SerializeToString(), None, time.perf_counter() - t0,
+                model = with_sink(inp.model) if inp.kind == "kernel" and _needs_sink(inp.key) else inp.model
+                out.append(BuildResult(inp.key, model.SerializeToString(), None, time.perf_counter() - t0,
                                        kind=inp.kind))
             except Exception as e:  # noqa: BLE001 - errors are values in a batch
                 out.append(BuildResult(inp.key, None, f"{type(e).__name__}: {e}"))

@@ -30,6 +30,7 @@ def session_options(threads: int, options: dict | None = None):
 
 
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
+SINK = "hwlat_sink"        # the node hwlat.profilers.onnxruntime.loader.with_sink appends
 
 
 class OrtSession(TimedSession):
@@ -93,10 +94,13 @@ class OrtSession(TimedSession):
         if not windows:
             return 0.0
         starts = np.array([w[0] for w in windows])
+        # ORT renames nodes in its NCHWc pass: the sink is found by its op (a kernel given a sink
+        # has no max-pool of its own)
+        extra_ops = LAYOUT_OPS + (("MaxPool",) if SINK.encode() in self.model_bytes else ())
         totals = np.zeros(len(windows))       # layout-node microseconds in each run
         for e in events:
             if (e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
-                    and e.get("args", {}).get("op_name") in LAYOUT_OPS):
+                    and e.get("args", {}).get("op_name") in extra_ops):
                 i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
                 if i >= 0:
                     totals[i] += float(e.get("dur", 0))
