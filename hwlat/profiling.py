@@ -68,6 +68,15 @@ def _check_config(store: DeviceStore, config: DeviceConfig) -> None:
                 f"a device is one configuration; choose another --device name")
 
 
+def _kernel_rows(pairs) -> list[tuple[str, str, str, str]]:
+    """(key, op, kind, source) rows for DeviceStore.add_kernels from (key, source) pairs."""
+    rows = []
+    for k, s in pairs:
+        kern = parse_key(k)
+        rows.append((k, kern.op, kern.kind, s))
+    return rows
+
+
 # networks measured for the whole-model correction besides those of the profiled spaces
 CALIBRATION_EXTRA = {"fbnet": 8}
 
@@ -160,10 +169,7 @@ class Job:
             if k not in seen:
                 seen.add(k)
                 uniq.append((k, s))
-        rows = []
-        for k, s in uniq:
-            kern = parse_key(k)
-            rows.append((k, kern.op, kern.kind, s))
+        rows = _kernel_rows(uniq)
         # insert in order with increasing timestamps so the stored plan keeps its order
         for i in range(0, len(rows), 500):
             self.store.add_kernels(rows[i:i + 500])
@@ -255,9 +261,10 @@ class Job:
                 proto.graph.name = name
                 # the calibration networks' own kernels are measured too, so that the correction
                 # fitted on them sees the physics of whole networks, not regressor error
-                self.cal_keys += [k for k in detect_kernels(proto, self.rules).keys if k not in self.cal_keys]
+                self.cal_keys += detect_kernels(proto, self.rules).keys
                 self.arch_builds[name] = (builder.build([BuildInput(name, proto, kind="model")])[0], sp.key(a), sp.name)
                 self.arch_queue += [(p, name) for p in todo]
+        self.cal_keys = list(dict.fromkeys(self.cal_keys))
         # pass-major order, shuffled within a pass: interleaved passes
         rng = np.random.default_rng(self.seed)
         rng.shuffle(self.arch_queue)
@@ -311,11 +318,7 @@ class Job:
             if not new:
                 return
             new = list(dict.fromkeys(new))[:CHUNK]
-            rows = []
-            for k in new:
-                kern = parse_key(k)
-                rows.append((k, kern.op, kern.kind, "adaptive"))
-            self.store.add_kernels(rows)
+            self.store.add_kernels(_kernel_rows((k, "adaptive") for k in new))
             self.extra += [(k, "adaptive") for k in new]
             bar(total_add=len(new))
             self.measure_kernels([(k, "adaptive") for k in new], bar)
@@ -360,7 +363,7 @@ class Job:
                 have = {k for k, _ in plan}
                 new = [k for k in self.cal_keys if k not in have]
                 if new:
-                    self.store.add_kernels([(k, parse_key(k).op, parse_key(k).kind, "calibration") for k in new])
+                    self.store.add_kernels(_kernel_rows((k, "calibration") for k in new))
                     plan = [(k, "calibration") for k in new] + plan
                     self.summary.kernels_planned = len(plan)
                 done = self.store.done_passes()

@@ -190,12 +190,10 @@ class DeviceStore:
     def add_measurement(self, key: str, pass_idx: int, m=None, *, error: str | None = None,
                         worker: str = "local", session: str = "") -> None:
         if m is None:
-            row = (key, pass_idx, None, None, None, None, None, None, error, worker, None, session, time.time())
+            row = (key, pass_idx, None, None, None, None, None, None, error, worker, None, session, time.time(), None)
         else:
             row = (key, pass_idx, m.median_ms, m.p10_ms, m.p90_ms, m.runs, m.spread, m.retries, error, worker,
-                   m.threads, session, time.time(), getattr(m, "layout_ms", 0.0))
-        if m is None:
-            row = row + (None,)
+                   m.threads, session, time.time(), m.layout_ms)
         self.conn.execute("INSERT INTO measurements(key, pass, median_ms, p10_ms, p90_ms, runs, spread, retries, "
                           "error, worker, threads, session, ts, layout_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
         self.conn.commit()

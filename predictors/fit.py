@@ -47,7 +47,8 @@ def network_lut(lut):
     lay = lut[lut["layout_ms"] > 0]
     if len(lay) < 10:
         return lut
-    elems = np.array([numel(parse_key(k).inputs[0]) + numel(parse_key(k).output) for k in lay["key"]], float)
+    kerns = [parse_key(k) for k in lay["key"]]
+    elems = np.array([numel(k.inputs[0]) + numel(k.output) for k in kerns], float)
     per_elem = float(np.median(lay["layout_ms"].to_numpy() / elems))
     lut = lut.copy()
     lut["latency_ms"] = lut["latency_ms"].to_numpy() + np.array([network_layout_ms(k, per_elem) for k in lut["key"]])

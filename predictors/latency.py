@@ -20,7 +20,7 @@ import pandas as pd
 from hwlat.errors import HwlatError, UnknownDeviceError
 from hwlat.fusion import FusionRules, default_rules
 from hwlat.ir import ModelKernels, model_kernels
-from hwlat.kernels import numel, param_count
+from hwlat.kernels import numel, param_count, parse_key
 from hwlat.predictors.kernel_model import KernelRegressors
 from hwlat.store import LUT_CSV, find_device_dir
 
@@ -40,8 +40,6 @@ def network_layout_ms(key: str, per_element_ms: float) -> float:
     """
     if per_element_ms <= 0 or key.split("_", 1)[0].split("-")[0] not in NETWORK_LAYOUT_OPS:
         return 0.0
-    from hwlat.kernels import numel, parse_key
-
     return 2.0 * per_element_ms * numel(parse_key(key).inputs[0])
 
 
@@ -49,9 +47,11 @@ def network_layout_ms(key: str, per_element_ms: float) -> float:
 class Correction:
     """``model_ms = a * sum(net kernel ms) + b * n_kernels + c + d * weight_MB + e * activation_MB + call``.
 
-    ``net`` removes the per-call cost of an isolated run; the network pays it once (``call``). ``d`` prices weights that are warm in
-    cache when a kernel runs alone but cold inside a whole network (they are streamed once per
-    inference). Terms are kept only when leave-one-out error on the measured networks says so.
+    ``net`` removes the per-call cost of an isolated run; the network pays it once (``call``).
+    ``d`` prices weights that are warm in cache when a kernel runs alone but cold inside a whole
+    network (they are streamed once per inference); ``e`` prices activations, which come from a
+    colder cache level inside a network. Terms are kept only when leave-one-out error on the
+    measured networks says so.
     """
 
     a: float = 1.0
@@ -77,12 +77,11 @@ class Correction:
 
 
 # columns: 0 a (sum of kernels), 1 b (per kernel), 2 c (per network), 3 d (weight MB), 4 e (activation MB).
-# Only physical costs are fitted: the kernel sum enters with weight 1, plus weights streamed from
-# memory once per inference (d: ms per MB, an inverse bandwidth) and activations passed between
-# kernels through a colder cache level than an isolated kernel sees (e). Calibration networks of one
-# space cannot tell a free scale factor or per-kernel term from real physics: fitted on OFA
-# networks, they mispredicted other families (measured: whole zoo 84-89% within 10% with them,
-# 94.6% with d and e alone).
+# The per-kernel and per-network terms (b, c) are not offered: fitted on the calibration networks of
+# one space they mispredicted other families (measured: whole zoo 84-89% within 10% with them, 94.6%
+# with d and e alone). Terms without column 0 keep the kernel sum at weight 1; a free scale ``a`` is
+# offered too (LiteRT's in-graph kernels run uniformly slower than alone), and leave-one-out on
+# the calibration networks of two spaces decides.
 _TERMS = {"a": (0,), "d": (3,), "e": (4,), "de": (3, 4), "ad": (0, 3), "ae": (0, 4), "ade": (0, 3, 4)}
 
 

@@ -10,9 +10,7 @@ import onnx
 
 from hwlat.device import DeviceConfig
 from hwlat.profilers.base import Backend, BackendInfo, BuildInput, BuildResult, Builder
-
-
-SINK = "hwlat_sink"
+from hwlat.profilers.onnxruntime.runner import SINK
 
 
 def with_sink(model: onnx.ModelProto) -> onnx.ModelProto:

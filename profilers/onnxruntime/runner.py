@@ -30,7 +30,7 @@ def session_options(threads: int, options: dict | None = None):
 
 
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
-SINK = "hwlat_sink"        # the node hwlat.profilers.onnxruntime.loader.with_sink appends
+SINK = "hwlat_sink"        # the node hwlat.profilers.onnxruntime.loader.with_sink appends to a kernel
 
 
 class OrtSession(TimedSession):
