@@ -79,6 +79,15 @@ def _calibration_parts(store, pred):
     return tuple(np.asarray(v, float) for v in (nets, cnts, mbs, ambs, ys))
 
 
+def _scale_allowed(manifest: dict) -> bool:
+    from hwlat.profilers import backend_class
+
+    try:
+        return bool(backend_class(manifest.get("device", {}).get("backend", "")).correction_scale)
+    except Exception:  # noqa: BLE001 - an unknown backend keeps every term
+        return True
+
+
 def fit_device(store) -> dict:
     t0 = time.perf_counter()
     lut_path = store.export_lut()
@@ -93,7 +102,7 @@ def fit_device(store) -> dict:
     corr = Correction(overhead_ms=overhead)
     nets, cnts, mbs, ambs, ys = _calibration_parts(store, pred)
     if len(ys):
-        corr = fit_correction(nets, cnts, ys, overhead, mbs, ambs)
+        corr = fit_correction(nets, cnts, ys, overhead, mbs, ambs, scale=_scale_allowed(manifest))
     pdir = store.path / PREDICTOR_DIR
     kmeta = regs.save(pdir)
     import onnxruntime
@@ -130,7 +139,8 @@ def holdout_error(store) -> dict:
     out = np.empty(len(ys))
     for fold in (0, 1):
         tr, te = idx % 2 != fold, idx % 2 == fold
-        corr = fit_correction(nets[tr], cnts[tr], ys[tr], pred.correction.overhead_ms, mbs[tr], ambs[tr])
+        corr = fit_correction(nets[tr], cnts[tr], ys[tr], pred.correction.overhead_ms, mbs[tr], ambs[tr],
+                              scale=_scale_allowed(pred.manifest))
         out[te] = corr.apply(nets[te], cnts[te], mbs[te], ambs[te])
     m = metrics(ys, out)
     return {"n": m["n"], "rmspe": round(m["rmspe"], 4), "acc_10pct": round(m["acc_10pct"], 3),

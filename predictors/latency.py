@@ -100,8 +100,11 @@ def _physical(coef, y) -> bool:
             and 0.0 <= e <= 0.2)
 
 
-def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=None, act_mb=None) -> Correction:
-    """Choose the correction terms by leave-one-out relative error; refit the winner on all."""
+def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=None, act_mb=None, *,
+                   scale: bool = True) -> Correction:
+    """Choose the correction terms by leave-one-out relative error; refit the winner on all.
+    ``scale=False`` keeps the kernel sum at weight 1 (no ``a`` term): for runtimes whose
+    compute-bound kernels run in a network as fast as alone."""
     net_sums, counts, y = (np.asarray(v, float) for v in (net_sums, counts, measured))
     mb = np.zeros_like(y) if weight_mb is None else np.asarray(weight_mb, float)
     amb = np.zeros_like(y) if act_mb is None else np.asarray(act_mb, float)
@@ -117,6 +120,8 @@ def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=Non
         best.rmspe_after = best.rmspe_before
         return best
     for name, cols in _TERMS.items():
+        if not scale and 0 in cols:
+            continue
         loo = np.empty(len(y))
         ok = True
         for i in range(len(y)):

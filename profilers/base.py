@@ -102,6 +102,9 @@ class Backend(abc.ABC):
 
     name: str = ""
     pip_extra: str = ""                  # `pip install hwlat[<extra>]`
+    # may the whole-model correction scale the kernel sum (``a``)? Only where kernels measurably
+    # run uniformly slower inside a network than alone (see predictors.latency.fit_correction)
+    correction_scale: bool = True
 
     @classmethod
     @abc.abstractmethod

@@ -75,6 +75,21 @@ def test_correction_recovers_known_terms():
     c2 = fit_correction(net, cnt, (net + call) * (1 + rng.normal(0, 0.03, 30)), call, mb, amb)
     assert c2.a == 1.0 and c2.b_ms == 0.0 and c2.c_ms == 0.0
     assert np.allclose(c2.apply(net, cnt, mb, amb), net + call, rtol=0.04)
+    # a uniformly slower network is a scale where one is allowed, and never one where not
+    ys = 1.2 * net + call
+    assert fit_correction(net, cnt, ys, call, mb, amb).a == pytest.approx(1.2, rel=0.01)
+    c3 = fit_correction(net, cnt, ys, call, mb, amb, scale=False)
+    assert c3.a == 1.0 and "a" not in c3.terms and c3.rmspe_after < c3.rmspe_before
+
+
+def test_backends_say_whether_the_kernel_sum_may_be_scaled():
+    from hwlat.predictors.fit import _scale_allowed
+    from hwlat.profilers import backend_class
+
+    assert backend_class("onnxruntime").correction_scale is False
+    assert backend_class("litert").correction_scale is True
+    assert _scale_allowed({"device": {"backend": "onnxruntime"}}) is False
+    assert _scale_allowed({"device": {"backend": "litert"}}) is True
 
 
 def test_ofa_fast_table_equals_exact_path(small_device):

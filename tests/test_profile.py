@@ -106,12 +106,13 @@ def test_interrupted_profile_resumes_losing_at_most_one(hwlat_home):
     assert proc.returncode == 130, err.decode()[-500:]
     assert b"resume" in err
     rows, distinct = _count(db)
-    assert rows >= 30 and rows == distinct
+    assert rows >= 30 and rows == distinct, (rows, distinct, err.decode()[-500:])
 
     # the re-run completes the same plan without measuring anything twice
     proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-800:]
     out = json.loads(proc.stdout)
     rows2, distinct2 = _count(db)
-    assert rows2 == distinct2 == out["kernels_planned"] * 2
-    assert out["measurements"] == rows2 - rows
+    why = (rows, rows2, distinct2, out, proc.stderr.decode()[-800:])
+    assert rows2 == distinct2 == out["kernels_planned"] * 2, why
+    assert out["measurements"] == rows2 - rows, why
