@@ -95,9 +95,10 @@ def cmd_profile(args) -> int:
             f"{s['errors']} errors), {s['models_measured']} whole-model measurements, {s['minutes']:.1f} min"
             + ("; budget reached: run again to measure more" if s["budget_exhausted"] else "")
             + f"\nstore: {dev.path}"
-            + (f"\nwhole-model correction: a={corr.get('a', 1):.3f} b={corr.get('b_ms', 0) * 1e3:.2f}us/kernel "
-               f"c={corr.get('c_ms', 0):.3f}ms (RMSPE on calibration archs {100 * (corr.get('rmspe_before') or 0):.1f}% "
-               f"-> {100 * (corr.get('rmspe_after') or 0):.1f}%)" if corr.get("fitted_on") else ""))
+            + (f"\nwhole-model correction '{corr.get('terms', '')}': a={corr.get('a', 1):.3f} "
+               f"d={corr.get('d_ms_per_mb', 0):.4f}ms/weight-MB e={corr.get('e_ms_per_mb', 0):.4f}ms/activation-MB "
+               f"(RMSPE on calibration archs {100 * (corr.get('rmspe_before') or 0):.1f}% "
+               f"-> {100 * (corr.get('rmspe_after') or 0):.1f}% leave-one-out)" if corr.get("fitted_on") else ""))
     curve = [c for c in s.get("curve", []) if "rmspe" in c]
     if curve:
         text += "\nheld-out error on the calibration architectures as profiling went on:"
