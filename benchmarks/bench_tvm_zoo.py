@@ -57,12 +57,15 @@ def main() -> None:
     dev = hwlat.profile(device=device, backend="tvm", threads=1, options={"tune_trials": args.tune_trials},
                         spaces=[], models=str(models), arch_samples=0,
                         prior=0, adaptive=False, detect_fusion=False, budget_minutes=args.budget_minutes,
-                        lut_dir=lut_dir, progress=True)
+                        passes=args.passes, lut_dir=lut_dir, progress=True)
     prof_s = time.time() - t0
     s = dev.summary
-    per_kernel = prof_s / max(s["kernels_measured"], 1)
-    print(f"\nprofile: {s['kernels_measured']} kernels tuned ({args.tune_trials} trials each) and measured in "
-          f"{prof_s / 60:.1f} min: {per_kernel:.1f} s per kernel (tuning + {s.get('passes', args.passes)} passes)")
+    if s["measurements"]:
+        per_kernel = prof_s / max(s["kernels_measured"], 1)
+        print(f"\nprofile: {s['kernels_measured']} kernels tuned ({args.tune_trials} trials each) and measured in "
+              f"{prof_s / 60:.1f} min: {per_kernel:.1f} s per kernel (tuning + {args.passes} passes)")
+    else:
+        print(f"\nprofile: device {device} re-used as stored ({s['kernels_measured']} kernels); nothing measured now")
 
     t1 = time.time()
     res = validate(device, lut_dir=lut_dir, models_dir=str(models), passes=args.passes)

@@ -137,10 +137,11 @@ def holdout_error(store) -> dict:
     nets, cnts, mbs, ambs, ys = _calibration_parts(store, pred)
     idx = np.arange(len(ys))
     out = np.empty(len(ys))
+    scale = _scale_allowed(pred.manifest)
     for fold in (0, 1):
         tr, te = idx % 2 != fold, idx % 2 == fold
         corr = fit_correction(nets[tr], cnts[tr], ys[tr], pred.correction.overhead_ms, mbs[tr], ambs[tr],
-                              scale=_scale_allowed(pred.manifest))
+                              scale=scale)
         out[te] = corr.apply(nets[te], cnts[te], mbs[te], ambs[te])
     m = metrics(ys, out)
     return {"n": m["n"], "rmspe": round(m["rmspe"], 4), "acc_10pct": round(m["acc_10pct"], 3),

@@ -80,8 +80,9 @@ class Correction:
 # The per-kernel and per-network terms (b, c) are not offered: fitted on the calibration networks of
 # one space they mispredicted other families (measured: whole zoo 84-89% within 10% with them, 94.6%
 # with d and e alone). Terms without column 0 keep the kernel sum at weight 1; a free scale ``a`` is
-# offered too (LiteRT's in-graph kernels run uniformly slower than alone), and leave-one-out on
-# the calibration networks of two spaces decides.
+# offered only where the backend allows it (``Backend.correction_scale``: LiteRT's in-graph kernels
+# run uniformly slower than alone, ORT's compute-bound ones do not), and leave-one-out on the
+# calibration networks of two spaces decides.
 _TERMS = {"a": (0,), "d": (3,), "e": (4,), "de": (3, 4), "ad": (0, 3), "ae": (0, 4), "ade": (0, 3, 4)}
 
 

@@ -120,8 +120,7 @@ def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: 
     gemm_chains = _chains(rules, "gemm", _ACTS)
     add_chains = _chains(rules, "add", _ACTS)
     kinds = ["conv"] * 30 + ["stem"] * 2 + ["dwconv"] * 22 + ["bn"] * 1 + ["gconv"] * 5 + ["gemm"] * 5 + ["se"] * 8 + \
-            ["pool"] * 5 + \
-            ["gap"] * 4 + ["add"] * 5 + ["act"] * 6 + ["concat"] * 4 + ["split"] * 2 + ["shuffle"] * 2 + \
+            ["pool"] * 5 + ["gap"] * 4 + ["add"] * 5 + ["act"] * 6 + ["concat"] * 4 + ["split"] * 2 + ["shuffle"] * 2 + \
             ["slice"] * 1 + ["reshape"] * 1 + ["const"] * 1
     out, seen = [], set()
     tries = 0

@@ -59,8 +59,8 @@ class LiteRTBuilder(Builder):
         for inp in inputs:
             t0 = time.perf_counter()
             try:
-                samples = KERNEL_CALIBRATION_SAMPLES if inp.kind == "kernel" else 8
-                data = onnx_to_tflite(inp.model, self.precision, calibration_samples=samples)
+                kw = {"calibration_samples": KERNEL_CALIBRATION_SAMPLES} if inp.kind == "kernel" else {}
+                data = onnx_to_tflite(inp.model, self.precision, **kw)
                 path = self.outdir / _file_name(inp.key, self.precision)
                 path.write_bytes(data)
                 results.append(BuildResult(inp.key, artifact=str(path), build_seconds=time.perf_counter() - t0))
