@@ -447,9 +447,29 @@ def _find_groups(g: Graph, ops, by_out, users, rules) -> list[dict]:
             if pre is None or pre.op != "reshape" or len(post) != 1 or post[0].op != "reshape":
                 continue
             groups_n = g.shape(o.inputs[0])[1]
-            groups.append({"op": "shuffle", "inputs": [pre.inputs[0]], "output": post[0].output,
-                           "attrs": {"g": int(groups_n)}, "members": [pre, o, post[0]]})
+            grp = {"op": "shuffle", "inputs": [pre.inputs[0]], "output": post[0].output,
+                   "attrs": {"g": int(groups_n)}, "members": [pre, o, post[0]]}
+            if "catshuffle" in rules.groups:
+                _widen_shuffle(g, grp, by_out, users)
+            groups.append(grp)
     return groups
+
+
+def _widen_shuffle(g: Graph, grp: dict, by_out, users) -> None:
+    """TVM's Relax fuses injective chains: the concat before a channel shuffle and the split after
+    it run in the same TIR function (``fused_concatenate_reshape_transpose_reshape_split``), so they
+    are one kernel there: ``concat-shuffle[-split]``, inputs the concat's, output the shuffled
+    tensor, ``n`` the split's output count."""
+    cat = by_out.get(grp["inputs"][0])
+    if cat is None or cat.op != "concat" or len(users.get(cat.output, [])) != 1 or cat.output in g.outputs:
+        return
+    grp["op"], grp["inputs"], grp["members"] = "concat-shuffle", list(cat.inputs), [cat] + grp["members"]
+    post = users.get(grp["output"], [])
+    if len(post) == 1 and post[0].op == "split" and grp["output"] not in g.outputs:
+        sp = g.producer.get(post[0].output)
+        grp["op"] += "-split"
+        grp["attrs"]["n"] = len(sp.output) if sp is not None else 2
+        grp["members"].append(post[0])
 
 
 def _se_members(g: Graph, by_out, x: str, gate: str) -> list[Op] | None:

@@ -83,6 +83,14 @@ def _pads(hin, win, hout, wout, k, s, d=1, kw=None) -> list[int]:
     return [ph // 2, pw // 2, ph - ph // 2, pw - pw // 2]
 
 
+def _shuffle(G, x: str, nchw, groups: int) -> str:
+    """Channel shuffle as exported from PyTorch: reshape to groups, swap, reshape back."""
+    n, c, h, w = nchw
+    t = G.node("Reshape", [x, G.const(np.array([n, groups, c // groups, h, w], np.int64), "shape")])
+    t = G.node("Transpose", [t], perm=[0, 2, 1, 3, 4])
+    return G.node("Reshape", [t, G.const(np.array([n, c, h, w], np.int64), "shape")])
+
+
 def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
     """A single-kernel ONNX model for a kernel or key."""
     k = parse_key(kernel) if isinstance(kernel, str) else kernel
@@ -145,7 +153,24 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         y = G.node("MaxPool" if base == "maxpool" else "AveragePool", [x], kernel_shape=[ks, ks],
                    strides=[s, s], pads=_pads(hin, win, hout, wout, ks, s))
     elif base == "concat":
-        y = G.node("Concat", in_names, axis=1)
+        n_add = rest.count("add")
+        y = G.node("Concat", in_names[:len(in_names) - n_add], axis=1)
+        extra = iter(in_names[len(in_names) - n_add:])
+        for r in rest:
+            if r == "add":
+                y = G.node("Add", [y, next(extra)])
+            elif r == "shuffle":
+                y = _shuffle(G, y, _nchw(k.output, b), k.attr("g", 2))
+            elif r == "split":
+                n = k.attr("n", 2)
+                c = out_nchw[1]
+                outs = [G.name("t") for _ in range(n)]
+                G.nodes.append(helper.make_node("Split", [y, G.const(np.array([c // n] * n, np.int64), "split")],
+                                                outs, axis=1, name=G.name("Split")))
+                y, extra_outputs = outs[0], outs[1:]
+                out_nchw = (out_nchw[0], c // n, *out_nchw[2:])
+            else:
+                y = G.act(r, y)
     elif base == "split":
         n = k.attr("n", 2)
         sizes = G.const(np.array([in_shapes[0][1] // n] * n, np.int64), "split")
@@ -165,11 +190,7 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         perm = [0, 1, 3, 2] if len(in_shapes[0]) == 4 else list(range(len(in_shapes[0])))[::-1]
         y = G.node("Transpose", [x], perm=perm)
     elif base == "shuffle":
-        gr = k.attr("g", 2)
-        n, c, h, w = in_shapes[0]
-        t = G.node("Reshape", [x, G.const(np.array([n, gr, c // gr, h, w], np.int64), "shape")])
-        t = G.node("Transpose", [t], perm=[0, 2, 1, 3, 4])
-        y = G.node("Reshape", [t, G.const(np.array([n, c, h, w], np.int64), "shape")])
+        y = _shuffle(G, x, in_shapes[0], k.attr("g", 2))
     elif base == "pad":
         diff = [o - i for i, o in zip(in_shapes[0], out_nchw)]
         pads = [0, 0, diff[2] // 2, diff[3] // 2, 0, 0, diff[2] - diff[2] // 2, diff[3] - diff[3] // 2]
@@ -181,7 +202,7 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
 
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(in_names, in_shapes)]
     outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, out_nchw)]
-    if base == "split":
+    if "split" in parts:
         outputs += [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_nchw) for o in extra_outputs]
     graph = helper.make_graph(G.nodes, k.key[:200], inputs, outputs, G.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hwlat")

@@ -17,7 +17,11 @@ channels (``HxWxC``; ``C`` alone for vectors). Batch other than 1 is the attribu
 compared whole, never by substring.
 
 Attribute prefixes: ``k`` kernel size, ``s`` stride, ``g`` groups, ``d`` dilation, ``m`` hidden
-channels (squeeze-excite), ``p`` padding total when it is not the "same" padding, ``b`` batch.
+channels (squeeze-excite), ``p`` padding total when it is not the "same" padding, ``b`` batch,
+``n`` outputs of a split.
+
+Where a runtime fuses injective ops (TVM), a concat, channel shuffle and split run as one kernel
+``concat-shuffle-split``: inputs the concat's, output the shuffled tensor (before the split).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from hwlat.errors import HwlatError
 
 Shape = tuple[int, ...]
 
-_ATTR_ORDER = ("k", "s", "g", "d", "m", "p", "b")
+_ATTR_ORDER = ("k", "s", "g", "d", "m", "p", "n", "b")
 _OP_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z][a-z0-9]*)*$")
 _FIELD_RE = re.compile(r"^([a-z]+)([0-9x+]+)$")
 
@@ -66,6 +70,8 @@ class Kernel:
     @property
     def kind(self) -> str:
         """The regressor family: base op, dense/depthwise/grouped for convolutions."""
+        if self.base == "concat" and "shuffle" in self.fused:
+            return "catshuffle"
         if self.base == "conv":
             g = self.attr("g", 1)
             cin = self.inputs[0][-1]

@@ -8,9 +8,9 @@ import numpy as np
 
 from hwlat.kernels import Kernel, bytes_moved, flops, numel, param_count, parse_key
 
-FUSED_OPS = ("add", "relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "tanh", "leakyrelu", "clip")
+FUSED_OPS = ("add", "relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "tanh", "leakyrelu", "clip", "split")
 KINDS = ("bn", "conv", "dwconv", "gconv", "gemm", "se", "gap", "gmp", "maxpool", "avgpool", "add", "mul", "addc", "mulc",
-         "concat", "split", "slice", "shuffle", "reshape", "transpose", "pad", "softmax", "relu", "relu6", "hswish",
+         "concat", "catshuffle", "split", "slice", "shuffle", "reshape", "transpose", "pad", "softmax", "relu", "relu6", "hswish",
          "hsigmoid", "sigmoid", "silu", "tanh", "leakyrelu", "clip")
 
 FEATURE_NAMES = (

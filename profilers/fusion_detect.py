@@ -90,11 +90,14 @@ def detect_rules(backend, config, workdir, protocol, *, budget_s: float = 60.0, 
         evidence[f"{chain}+{op}@{a.split('_')[1]}"] = round(ratio, 3)
         if ratio > 1 - MARGIN or ratio < MARGIN:   # clear verdicts only; noise leaves the default
             votes.setdefault((chain, op), []).append(ratio > 0.5)
-    default = backend.default_fusion_rules(config.precision).fuse
+    defaults = backend.default_fusion_rules(config.precision)
+    default = defaults.fuse
     decided = {p: v[0] for p, v in votes.items() if len(set(v)) == 1}
     fuse = frozenset(p for p in ((c, o) for c, o in CANDIDATES) if decided.get(p, p in default))
+    # pairs the probes do not test (e.g. TVM's concat absorbing a residual add) keep their default
+    fuse |= frozenset(p for p in default if p not in {tuple(c) for c in CANDIDATES})
     # a chain can only grow from a fused prefix
     fuse = frozenset(p for p in fuse if "-" not in p[0] or tuple(p[0].rsplit("-", 1)) in fuse)
-    return FusionRules(backend.name, fuse, frozenset({"se", "shuffle"}),
+    return FusionRules(backend.name, fuse, defaults.groups,
                        source=f"measured {time.strftime('%Y-%m-%d')}: saved/min(T_A,T_B) per candidate: "
                               + ", ".join(f"{k}={v}" for k, v in sorted(evidence.items())))

@@ -122,12 +122,16 @@ def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: 
     kinds = ["conv"] * 30 + ["stem"] * 2 + ["dwconv"] * 22 + ["bn"] * 1 + ["gconv"] * 5 + ["gemm"] * 5 + ["se"] * 8 + \
             ["pool"] * 5 + ["gap"] * 4 + ["add"] * 5 + ["act"] * 6 + ["concat"] * 4 + ["split"] * 2 + ["shuffle"] * 2 + \
             ["slice"] * 1 + ["reshape"] * 1 + ["const"] * 1
+    if "catshuffle" in rules.groups:
+        # runtimes that fuse injective chains run concat + shuffle (+ split) as one kernel
+        kinds = [("catshuffle" if k == "shuffle" else k) for k in kinds]
+    concat_add = rules.absorbs("concat", "add")
     out, seen = [], set()
     tries = 0
     while len(out) < n and tries < 50 * n:
         tries += 1
         kind = kinds[rng.integers(len(kinds))]
-        k = _make(kind, rng, conv_chains, gemm_chains, add_chains)
+        k = _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add)
         if k is None or k.key in seen or flops(k) > max_mflops * 1e6:
             continue
         seen.add(k.key)
@@ -135,7 +139,7 @@ def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: 
     return out
 
 
-def _make(kind, rng, conv_chains, gemm_chains, add_chains) -> Kernel | None:
+def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = False) -> Kernel | None:
     if kind == "stem":
         # the first convolution of every CNN: 3 input channels at full resolution. Runtimes treat
         # it specially (measured on LiteRT int8: a 7x7/2 stem at 224 ran 1.7x what the regressors
@@ -198,7 +202,14 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains) -> Kernel | None:
     if kind == "concat":
         n = int(rng.choice([2, 2, 3, 4]))
         cs = [_ch(rng, 8, 512) for _ in range(n)]
+        if concat_add and rng.random() < 0.3:   # a concat feeding a residual add (GhostNet), fused
+            return Kernel("concat-add", tuple((h, h, ci) for ci in cs) + ((h, h, sum(cs)),), (h, h, sum(cs)))
         return Kernel("concat", tuple((h, h, ci) for ci in cs), (h, h, sum(cs)))
+    if kind == "catshuffle":
+        c2 = max(8, c // 4 * 2)
+        if rng.random() < 0.6:   # a ShuffleNet stride-1 unit: both halves equal, the next unit splits
+            return Kernel("concat-shuffle-split", ((h, h, c2), (h, h, c2)), (h, h, 2 * c2), (("g", 2), ("n", 2)))
+        return Kernel("concat-shuffle", ((h, h, c2), (h, h, c2)), (h, h, 2 * c2), (("g", 2),))
     if kind == "split":
         c2 = c // 2 * 2
         return Kernel("split", ((h, h, c2),), (h, h, c2 // 2), (("n", 2),))
@@ -221,6 +232,8 @@ def neighbours(key: str, seed: int = 0) -> list[str]:
     from hwlat.kernels import parse_key
 
     k = parse_key(key)
+    if k.base == "concat":
+        return []   # the varied shapes below assume one input shape and its output
     rng = np.random.default_rng(seed + hash(key) % 10007)
     out = []
     x = k.inputs[0]

@@ -33,6 +33,8 @@ KEYS = [
     "maxpool_i28x28x16_o14x14x16_k3_s2",
     "shuffle_i14x14x48_o14x14x48_g2",
     "split_i14x14x48_o14x14x24_n2",
+    "concat-shuffle-split_i14x14x24+14x14x24_o14x14x48_g2_n2",
+    "concat-add_i14x14x16+14x14x16+14x14x32_o14x14x32",
 ]
 KEY = "tvm-test"
 
@@ -188,6 +190,31 @@ def test_local_kernels_match_onnxruntime(backend, host_builds):
     results = list(backend.runner(dev).run(host_builds[:3], Protocol.quick()))
     assert isinstance(backend.runner(dev), LocalRunner)
     assert all(r.error is None and r.measurement.median_ms > 0 for r in results)
+
+
+def test_kernels_follow_relax_fusion():
+    """A TVM kernel is what Relax runs as one TIR function: in a ShuffleNet, the concat, channel
+    shuffle and split of each unit are one fused function per call site, and so one hwlat kernel."""
+    import re
+
+    from hwlat.fusion import default_rules
+    from hwlat.ir import load_onnx, model_kernels, torch_to_onnx
+    from hwlat.profilers.tvm.builder import prepare, to_relax
+    from hwlat.profilers.tvm.target import host_target
+    from hwlat.zoo_nets import shufflenet_v2
+
+    proto = load_onnx(torch_to_onnx(shufflenet_v2(0.5).eval(), (1, 3, 64, 64)))
+    calls = re.findall(r"R\.call_tir\((\w+)", prepare(to_relax(proto), host_target(1))["main"].script())
+    keys = model_kernels(proto, default_rules("tvm")).keys
+    fused = [c for c in calls if "concatenate" in c]
+    assert fused and all("reshape" in c and "transpose" in c for c in fused)
+    assert len(fused) == sum(k.startswith("concat-shuffle") for k in keys)
+    assert sum("split" in c for c in fused) == sum(k.startswith("concat-shuffle-split") for k in keys) > 0
+    assert len(calls) == len(keys)   # here every kernel is one TIR call
+    assert not any(k.startswith(("concat_", "shuffle_", "split_")) for k in keys)
+    # other runtimes keep the three kernels apart
+    ort_keys = model_kernels(proto, default_rules("onnxruntime")).keys
+    assert any(k.startswith("shuffle_") for k in ort_keys) and not any(k.startswith("concat-") for k in ort_keys)
 
 
 def test_errors_are_values(backend, tmp_path):
