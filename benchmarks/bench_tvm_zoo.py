@@ -3,7 +3,9 @@ device's tuning records, predicted vs measured; and tuned TVM next to ONNX Runti
 
 1. ``hwlat.profile`` a fresh local TVM device (``--tune-trials`` per kernel, one thread) on the
    kernels of the chosen zoo models (``models=``: their kernels are planned first; no prior
-   sample, no adaptive rounds), printing tuning seconds per kernel.
+   sample, no adaptive rounds), printing tuning seconds per kernel. ``--calibration N`` fbnet
+   networks are compiled with tuning and measured whole, and their kernels tuned and measured, to
+   fit the whole-model correction (never the zoo models themselves: those validate it).
 2. ``hwlat.validate`` on those models: each is compiled with the device's database (tasks the
    kernels did not cover are tuned then, and the fraction already tuned is reported), measured in
    ``--passes`` interleaved passes, and compared with the device's predictor.
@@ -31,6 +33,9 @@ def main() -> None:
     ap.add_argument("--tune-trials", type=int, default=8)
     ap.add_argument("--budget-minutes", type=float, default=60.0)
     ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--calibration", type=int, default=8,
+                    help="fbnet networks measured whole (their kernels tuned too) to fit the whole-model "
+                         "correction; 0 = kernel sums only")
     ap.add_argument("--lut-dir", default=None)
     ap.add_argument("--device", default=None, help="re-use this already profiled device (in --lut-dir)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -55,7 +60,7 @@ def main() -> None:
 
     t0 = time.time()
     dev = hwlat.profile(device=device, backend="tvm", threads=1, options={"tune_trials": args.tune_trials},
-                        spaces=[], models=str(models), arch_samples=0,
+                        spaces=[], models=str(models), arch_samples=args.calibration,
                         prior=0, adaptive=False, detect_fusion=False, budget_minutes=args.budget_minutes,
                         passes=args.passes, lut_dir=lut_dir, progress=True)
     prof_s = time.time() - t0

@@ -248,9 +248,10 @@ class Job:
         # terms of the whole-model correction (weights vs activations streamed), and a correction
         # fitted on one family mispredicts the others
         todo_spaces = [(sp, per_space) for sp in self.space_objs]
-        if self.space_objs:
-            todo_spaces += [(_spaces.get(n), CALIBRATION_EXTRA[n]) for n in CALIBRATION_EXTRA
-                            if n not in {sp.name for sp in self.space_objs}]
+        # a profile of models alone (no space) still gets a whole-model correction: it is fitted
+        # on networks of the extra spaces, never on the user's models (those validate it)
+        todo_spaces += [(_spaces.get(n), min(c, self.arch_samples)) for n, c in CALIBRATION_EXTRA.items()
+                        if n not in {sp.name for sp in self.space_objs}]
         for sp, count in todo_spaces:
             for i, a in enumerate(sp.sample(count, seed=self.seed + 1000)):
                 name = f"{sp.name}-cal-{i:03d}"
