@@ -24,7 +24,7 @@ from onnx import numpy_helper, shape_inference
 
 from hwlat.errors import BadModelError, HwlatError, UnsupportedOpError
 from hwlat.fusion import FusionRules
-from hwlat.kernels import Kernel
+from hwlat.kernels import Kernel, pad_attr
 
 ACTIVATIONS = {"relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "tanh", "leakyrelu", "clip"}
 # ops that only compute shapes; folded away by canonicalisation in static graphs
@@ -288,6 +288,7 @@ def graph_ops(g: Graph) -> list[Op]:
                      "d": int((_attr(n, "dilations") or [1])[0])}
             if len(ks) > 1 and ks[1] != ks[0]:
                 attrs["kw"] = int(ks[1])
+            _pad_attr(g, n, attrs)
             op = "conv"
         elif t == "Clip":
             lo, hi = _clip_bounds(g, n)
@@ -295,6 +296,7 @@ def graph_ops(g: Graph) -> list[Op]:
         elif t in ("MaxPool", "AveragePool"):
             ks = _attr(n, "kernel_shape")
             attrs = {"k": int(ks[0]), "s": int((_attr(n, "strides") or [1])[0])}
+            _pad_attr(g, n, attrs)
             op = _SIMPLE[t]
         elif t == "ReduceMean":
             axes = _attr(n, "axes")
@@ -327,6 +329,21 @@ def graph_ops(g: Graph) -> list[Op]:
             continue  # a constant subgraph left over: runs once at load
         ops.append(Op(name, op, ins, out, attrs, t))
     return ops
+
+
+def _pad_attr(g: Graph, n, attrs: dict) -> None:
+    """Record the model's padding (``p``) where it is not the "same" padding a kernel built from the
+    key would get (see :func:`hwlat.kernels.pad_attr`)."""
+    auto = _attr(n, "auto_pad", b"NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    pads = _attr(n, "pads")
+    if auto != "NOTSET" or not pads or len(pads) != 4:
+        return
+    hin, hout = g.shape(n.input[0])[2], g.shape(n.output[0])[2]
+    p = pad_attr(hin, hout, attrs["k"], attrs["s"], attrs.get("d", 1), int(pads[0]) + int(pads[2]))
+    if p is not None:
+        attrs["p"] = p
 
 
 def _mul_kind(g: Graph, n, ins) -> str:

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwlat.errors import HwlatError
-from hwlat.kernels import Kernel, parse_key
+from hwlat.kernels import Kernel, parse_key, same_pad_total
 
 OPSET = 17
 
@@ -76,10 +76,12 @@ class _G:
                          dilations=[d, d])
 
 
-def _pads(hin, win, hout, wout, k, s, d=1, kw=None) -> list[int]:
+def _pads(hin, win, hout, wout, k, s, d=1, kw=None, p=None) -> list[int]:
+    """ONNX pads: the model's total ``p`` when the key has one (split evenly, PyTorch's way), else
+    the "same" padding."""
     kw = kw or k
-    ph = max(0, (hout - 1) * s + d * (k - 1) + 1 - hin)
-    pw = max(0, (wout - 1) * s + d * (kw - 1) + 1 - win)
+    ph = same_pad_total(hin, hout, k, s, d) if p is None else p
+    pw = p if p is not None and (win + p - d * (kw - 1) - 1) // s + 1 == wout else same_pad_total(win, wout, kw, s, d)
     return [ph // 2, pw // 2, ph - ph // 2, pw - pw // 2]
 
 
@@ -106,7 +108,7 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
     if base == "conv":
         (hin, win, cin), (hout, wout, cout) = k.inputs[0], k.output
         ks, s, g, d, kw = k.attr("k", 1), k.attr("s", 1), k.attr("g", 1), k.attr("d", 1), k.attr("kw")
-        y = G.conv(x, cin, cout, ks, s, g, _pads(hin, win, hout, wout, ks, s, d, kw), d, kw)
+        y = G.conv(x, cin, cout, ks, s, g, _pads(hin, win, hout, wout, ks, s, d, kw, k.attr("p")), d, kw)
         extra = iter(in_names[1:])
         for r in rest:
             y = G.node("Add", [y, next(extra)]) if r == "add" else G.act(r, y)
@@ -151,7 +153,7 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         (hin, win, _), (hout, wout, _) = k.inputs[0], k.output
         ks, s = k.attr("k", 1), k.attr("s", 1)
         y = G.node("MaxPool" if base == "maxpool" else "AveragePool", [x], kernel_shape=[ks, ks],
-                   strides=[s, s], pads=_pads(hin, win, hout, wout, ks, s))
+                   strides=[s, s], pads=_pads(hin, win, hout, wout, ks, s, p=k.attr("p")))
     elif base == "concat":
         n_add = rest.count("add")
         y = G.node("Concat", in_names[:len(in_names) - n_add], axis=1)

@@ -129,6 +129,43 @@ def parse_key(key: str) -> Kernel:
     return Kernel(op, inputs, output, tuple(attrs))
 
 
+def same_pad_total(hin: int, hout: int, k: int, s: int, d: int = 1) -> int:
+    """Total padding along one axis of the "same" convention (TensorFlow's: the extra one after)."""
+    return max(0, (hout - 1) * s + d * (k - 1) + 1 - hin)
+
+
+def pad_attr(hin: int, hout: int, k: int, s: int, d: int, total: int) -> int | None:
+    """The ``p`` attribute for a window op padded by ``total`` along an axis: None where that is the
+    "same" padding. PyTorch pads a 3x3 stride-2 convolution of an even input by 1 + 1, where "same"
+    pads by 0 + 1: the same output shape, but another kernel (on TVM, another tuning task)."""
+    if total == same_pad_total(hin, hout, k, s, d):
+        return None
+    if (hin + total - d * (k - 1) - 1) // s + 1 != hout:
+        return None   # ceil-mode pooling: the output, not the padding, fixes the shape
+    return int(total)
+
+
+def with_resolution(k: Kernel, hmap) -> Kernel:
+    """The same kernel with every spatial size mapped by ``hmap`` (a dict or function of H); a
+    window op keeps the padding its model had, so ``p`` is re-derived at the new size."""
+    f = hmap if callable(hmap) else hmap.__getitem__
+
+    def m(s):
+        return (f(s[0]), f(s[1]), s[2]) if len(s) == 3 else s
+
+    ins, out = tuple(m(s) for s in k.inputs), m(k.output)
+    attrs = dict(k.attrs)
+    if k.base in ("conv", "maxpool", "avgpool") and len(k.inputs[0]) == 3 and len(k.output) == 3:
+        ks, st, d = attrs.get("k", 1), attrs.get("s", 1), attrs.get("d", 1)
+        total = attrs.pop("p", None)
+        if total is None:
+            total = same_pad_total(k.inputs[0][0], k.output[0], ks, st, d)
+        p = pad_attr(ins[0][0], out[0], ks, st, d, total)
+        if p is not None:
+            attrs["p"] = p
+    return Kernel(k.op, ins, out, tuple(attrs.items()))
+
+
 def numel(shape: Shape) -> int:
     n = 1
     for d in shape:

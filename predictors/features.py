@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from hwlat.kernels import Kernel, bytes_moved, flops, numel, param_count, parse_key
+from hwlat.kernels import Kernel, bytes_moved, flops, numel, param_count, parse_key, same_pad_total
 
 FUSED_OPS = ("add", "relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "tanh", "leakyrelu", "clip", "split")
 KINDS = ("bn", "conv", "dwconv", "gconv", "gemm", "se", "gap", "gmp", "maxpool", "avgpool", "add", "mul", "addc", "mulc",
@@ -16,7 +16,7 @@ KINDS = ("bn", "conv", "dwconv", "gconv", "gemm", "se", "gap", "gmp", "maxpool",
 FEATURE_NAMES = (
     ["log_hin", "log_win", "log_cin", "log_hout", "log_cout", "k", "s", "log_g", "log_cin_per_g", "log_m",
      "n_inputs", "log_flops", "log_bytes", "log_params", "log_in_elems", "log_out_elems", "intensity",
-     "cin_mod8", "cout_mod8", "cin_mod16", "cout_mod16", "cin_mod32", "cout_mod32", "batch"]
+     "cin_mod8", "cout_mod8", "cin_mod16", "cout_mod16", "cin_mod32", "cout_mod32", "batch", "pad_extra"]
     + [f"fused_{o}" for o in FUSED_OPS]
     + [f"kind_{k}" for k in KINDS]
 )
@@ -42,6 +42,7 @@ def kernel_features(k: Kernel | str) -> list[float]:
         _l(sum(numel(s) for s in k.inputs)), _l(numel(o)), f / max(b, 1.0),
         float(cin % 8 == 0), float(cout % 8 == 0), float(cin % 16 == 0), float(cout % 16 == 0),
         float(cin % 32 == 0), float(cout % 32 == 0), float(k.attr("b", 1)),
+        float(k.attr("p", 0) and k.attr("p") - same_pad_total(hin, hout, k.attr("k", 1), k.attr("s", 1), k.attr("d", 1))),
     ]
     row += [float(fused.count(op)) for op in FUSED_OPS]
     kind = k.kind

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from hwlat.ir import detect_kernels, load_onnx, torch_to_onnx, with_input_shape
-from hwlat.kernels import Kernel, parse_key
+from hwlat.kernels import parse_key, with_resolution
 
 _BLOCK_RE = re.compile(r"^/0/(?:0\.)?(\d+)/")   # the OFA body is model[0][0]: /0/0.<j>/...
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def _cache_dir() -> Path:
@@ -39,12 +39,7 @@ def _rules_hash(rules) -> str:
 
 
 def _remap(key: str, hmap: dict[int, int]) -> str:
-    k = parse_key(key)
-
-    def f(s):
-        return (hmap[s[0]], hmap[s[1]], s[2]) if len(s) == 3 else s
-
-    return Kernel(k.op, tuple(f(s) for s in k.inputs), f(k.output), k.attrs).key
+    return with_resolution(parse_key(key), hmap).key
 
 
 def _spatial_map(proto, shape) -> dict[int, int]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from hwlat.errors import HwlatError
 from hwlat.fusion import FusionRules
-from hwlat.kernels import Kernel
+from hwlat.kernels import Kernel, pad_attr
 
 
 def bisection_order(values: list) -> list:
@@ -139,6 +139,13 @@ def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: 
     return out
 
 
+def _torch_pad(rng, h: int, ho: int, ks: int, s: int) -> tuple:
+    """Most models are exported from PyTorch, which pads a window op by ``k // 2`` on both sides:
+    where that is not the "same" padding (stride 2 on an even input), 70% of the sample gets it."""
+    p = pad_attr(h, ho, ks, s, 1, 2 * (ks // 2))
+    return (("p", p),) if p is not None and rng.random() < 0.7 else ()
+
+
 def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = False) -> Kernel | None:
     if kind == "stem":
         # the first convolution of every CNN: 3 input channels at full resolution. Runtimes treat
@@ -152,7 +159,7 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = Fa
         if "add" in chain.split("-"):
             chain = "conv"
         ho = _out(h, ks, s)
-        return Kernel(chain, ((h, h, 3),), (ho, ho, cout), (("k", ks), ("s", s), ("g", 1)))
+        return Kernel(chain, ((h, h, 3),), (ho, ho, cout), (("k", ks), ("s", s), ("g", 1)) + _torch_pad(rng, h, ho, ks, s))
     if kind in ("conv", "dwconv", "gconv"):
         ks = int(rng.choice([1, 3, 5, 7], p=[0.45, 0.4, 0.09, 0.06] if kind == "conv" else [0.0, 0.5, 0.3, 0.2]))
         s = int(rng.choice([1, 2], p=[0.8, 0.2]))
@@ -178,7 +185,7 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = Fa
         inputs = [(h, h, cin)]
         if "add" in chain.split("-"):
             inputs.append((ho, ho, cout))
-        return Kernel(chain, tuple(inputs), (ho, ho, cout), (("k", ks), ("s", s), ("g", g)))
+        return Kernel(chain, tuple(inputs), (ho, ho, cout), (("k", ks), ("s", s), ("g", g)) + _torch_pad(rng, h, ho, ks, s))
     if kind == "gemm":
         return Kernel(gemm_chains[rng.integers(len(gemm_chains))], ((_ch(rng, 16, 4096),),), (_ch(rng, 10, 4096),))
     h = _hw(rng, 112)
@@ -190,7 +197,8 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = Fa
     if kind == "pool":
         ks, s = int(rng.choice([2, 3])), int(rng.choice([1, 2], p=[0.3, 0.7]))
         ho = _out(h, ks, s)
-        return Kernel(str(rng.choice(["maxpool", "avgpool"])), ((h, h, c),), (ho, ho, c), (("k", ks), ("s", s)))
+        return Kernel(str(rng.choice(["maxpool", "avgpool"])), ((h, h, c),), (ho, ho, c),
+                      (("k", ks), ("s", s)) + _torch_pad(rng, h, ho, ks, s))
     if kind == "gap":
         return Kernel("gap", ((h, h, c),), (1, 1, c))
     if kind == "bn":
@@ -254,6 +262,10 @@ def neighbours(key: str, seed: int = 0) -> list[str]:
         else:
             ho2 = h2
         ins = [(h2, h2, cin2)] + [(ho2, ho2, cout2 if k.base == "conv" else cin2)] * (len(k.inputs) - 1)
+        if "p" in attrs2:
+            p2 = pad_attr(h2, ho2, attrs2.get("k", 1), s, attrs2.get("d", 1), attrs2.pop("p"))
+            if p2 is not None:
+                attrs2["p"] = p2
         try:
             return Kernel(k.op, tuple(ins), (ho2, ho2, cout2), tuple(attrs2.items())).key
         except Exception:  # noqa: BLE001

@@ -12,7 +12,8 @@ def test_ort_kernels_of_a_real_graph(tiny_onnx):
     mk = model_kernels(tiny_onnx, default_rules("onnxruntime"))
     keys = mk.keys
     # BatchNorm folded, activation fused, SE and shuffle grouped, residual add fused into the conv
-    assert keys[0] == "conv-hswish_i32x32x3_o16x16x16_k3_s2_g1"
+    # PyTorch pads the stride-2 stem 1 + 1 where "same" would pad 0 + 1: the key keeps it (p2)
+    assert keys[0] == "conv-hswish_i32x32x3_o16x16x16_k3_s2_g1_p2"
     assert "conv-relu_i16x16x16_o16x16x16_k3_s1_g16" in keys
     assert "se-relu-hsigmoid_i16x16x16_o16x16x16_m8" in keys
     assert "conv-add_i16x16x16+16x16x16_o16x16x16_k1_s1_g1" in keys
@@ -27,7 +28,7 @@ def test_ort_kernels_of_a_real_graph(tiny_onnx):
 def test_rules_change_kernels(tiny_onnx):
     none = FusionRules("x", frozenset(), frozenset())
     keys = model_kernels(tiny_onnx, none).keys
-    assert "conv_i32x32x3_o16x16x16_k3_s2_g1" in keys and "hswish_i16x16x16_o16x16x16" in keys
+    assert "conv_i32x32x3_o16x16x16_k3_s2_g1_p2" in keys and "hswish_i16x16x16_o16x16x16" in keys
     assert not any(k.startswith(("se", "shuffle")) for k in keys)
     assert "transpose_i2x8x16x16_o8x2x16x16" in keys
 

@@ -65,3 +65,31 @@ def test_attrs_are_canonical_and_keys_never_substring_matched():
 def test_malformed_keys_raise(bad):
     with pytest.raises(HwlatError):
         parse_key(bad)
+
+
+def test_model_padding_is_part_of_the_key():
+    """PyTorch pads a 3x3 stride-2 window by 1 + 1, "same" by 0 + 1: one output shape, two kernels
+    (on TVM two tuning tasks), so the key keeps the model's padding as ``p`` and builds it."""
+    import onnxruntime as ort
+
+    from hwlat.kernel_onnx import kernel_model, random_inputs
+    from hwlat.kernels import pad_attr, parse_key, with_resolution
+
+    assert pad_attr(224, 112, 3, 2, 1, 2) == 2 and pad_attr(224, 112, 3, 2, 1, 1) is None
+    assert pad_attr(56, 56, 3, 1, 1, 2) is None            # stride 1: PyTorch's k // 2 is "same"
+    assert pad_attr(55, 27, 3, 2, 1, 0) is None            # ceil-mode pooling: no padding to keep
+    for key, pads in (("conv-relu_i224x224x3_o112x112x24_k3_s2_g1_p2", [1, 1, 1, 1]),
+                      ("conv_i56x56x24_o28x28x24_k3_s2_g24", [0, 0, 1, 1]),
+                      ("maxpool_i112x112x24_o56x56x24_k3_s2_p2", [1, 1, 1, 1])):
+        m = kernel_model(key)
+        node = next(n for n in m.graph.node if n.op_type in ("Conv", "MaxPool"))
+        assert [list(a.ints) for a in node.attribute if a.name == "pads"] == [pads]
+        out = ort.InferenceSession(m.SerializeToString()).run(None, random_inputs(m))[0]
+        k = parse_key(key)
+        assert out.shape == (1, k.output[2], k.output[0], k.output[1])
+    # at another resolution the model's padding stays; "p" is re-derived from it
+    k = parse_key("conv_i14x14x96_o7x7x96_k3_s2_g96_p2")
+    assert with_resolution(k, {14: 22, 7: 11}).key == "conv_i22x22x96_o11x11x96_k3_s2_g96_p2"
+    assert with_resolution(k, {14: 11, 7: 6}).key == "conv_i11x11x96_o6x6x96_k3_s2_g96"
+    assert with_resolution(parse_key("conv_i11x11x96_o6x6x96_k3_s2_g96"), {11: 14, 6: 7}).key == \
+        "conv_i14x14x96_o7x7x96_k3_s2_g96_p2"

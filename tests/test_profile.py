@@ -55,6 +55,25 @@ def test_profile_store_predict_round_trip(hwlat_home, tiny_onnx, tmp_path):
     assert src == ["model"] and keys[0] > 0 and used[0] in ("conv", "_global")
 
 
+def test_models_only_profile_calibrates_on_other_networks(hwlat_home, tiny_onnx, tmp_path):
+    """Without a search space the whole-model correction is still fitted, on fbnet networks measured
+    whole (and their kernels), never on the user's own models."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.onnx").write_bytes(tiny_onnx.read_bytes())
+    dev = _profile("dev-cal", hwlat_home, models=str(models), prior=0, arch_samples=4)
+    store = DeviceStore.open("dev-cal", hwlat_home / "devices")
+    try:
+        nets = store.model_lut()
+        sources = set(store.kernels()["source"])
+    finally:
+        store.close()
+    assert sorted(nets["name"]) == [f"fbnet-cal-{i:03d}" for i in range(4)]
+    assert set(nets["family"]) == {"fbnet"} and (nets["latency_ms"] > 0).all()
+    assert {"models", "calibration"} <= sources
+    assert dev.summary["fit"]["correction"]["fitted_on"] == 4
+
+
 def test_unknown_space_and_bad_budget_write_nothing(hwlat_home):
     with pytest.raises(HwlatError, match="unknown search space"):
         _profile("dev-b", hwlat_home, spaces=["nope"])
