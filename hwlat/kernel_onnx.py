@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwlat.errors import HwlatError
-from hwlat.kernels import Kernel, parse_key, same_pad_total
+from hwlat.kernels import Kernel, pad_attr, parse_key, same_pad_total
 
 OPSET = 17
 
@@ -81,7 +81,9 @@ def _pads(hin, win, hout, wout, k, s, d=1, kw=None, p=None) -> list[int]:
     the "same" padding."""
     kw = kw or k
     ph = same_pad_total(hin, hout, k, s, d) if p is None else p
-    pw = p if p is not None and (win + p - d * (kw - 1) - 1) // s + 1 == wout else same_pad_total(win, wout, kw, s, d)
+    # the width takes the same total where that gives the key's output width
+    pw = pad_attr(win, wout, kw, s, d, p) if p is not None else None
+    pw = same_pad_total(win, wout, kw, s, d) if pw is None else pw
     return [ph // 2, pw // 2, ph - ph // 2, pw - pw // 2]
 
 
@@ -91,6 +93,14 @@ def _shuffle(G, x: str, nchw, groups: int) -> str:
     t = G.node("Reshape", [x, G.const(np.array([n, groups, c // groups, h, w], np.int64), "shape")])
     t = G.node("Transpose", [t], perm=[0, 2, 1, 3, 4])
     return G.node("Reshape", [t, G.const(np.array([n, c, h, w], np.int64), "shape")])
+
+
+def _split(G, x: str, channels: int, n: int) -> list[str]:
+    """``n`` equal channel splits (ONNX Split with its sizes as an input); their output names."""
+    sizes = G.const(np.array([channels // n] * n, np.int64), "split")
+    outs = [G.name("t") for _ in range(n)]
+    G.nodes.append(helper.make_node("Split", [x, sizes], outs, axis=1, name=G.name("Split")))
+    return outs
 
 
 def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
@@ -162,25 +172,15 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
             if r == "add":
                 y = G.node("Add", [y, next(extra)])
             elif r == "shuffle":
-                y = _shuffle(G, y, _nchw(k.output, b), k.attr("g", 2))
+                y = _shuffle(G, y, out_nchw, k.attr("g", 2))
             elif r == "split":
                 n = k.attr("n", 2)
-                c = out_nchw[1]
-                outs = [G.name("t") for _ in range(n)]
-                G.nodes.append(helper.make_node("Split", [y, G.const(np.array([c // n] * n, np.int64), "split")],
-                                                outs, axis=1, name=G.name("Split")))
-                y, extra_outputs = outs[0], outs[1:]
-                out_nchw = (out_nchw[0], c // n, *out_nchw[2:])
+                y, *extra_outputs = _split(G, y, out_nchw[1], n)
+                out_nchw = (out_nchw[0], out_nchw[1] // n, *out_nchw[2:])
             else:
                 y = G.act(r, y)
     elif base == "split":
-        n = k.attr("n", 2)
-        sizes = G.const(np.array([in_shapes[0][1] // n] * n, np.int64), "split")
-        outs = [G.name("t") for _ in range(n)]
-        G.nodes.append(helper.make_node("Split", [x, sizes], outs, axis=1, name=G.name("Split")))
-        y = outs[0]
-        out_nchw = _nchw(k.output, b)
-        extra_outputs = outs[1:]
+        y, *extra_outputs = _split(G, x, in_shapes[0][1], k.attr("n", 2))
     elif base == "slice":
         axis = next((i for i, (a, o) in enumerate(zip(in_shapes[0], out_nchw)) if a != o), 1)
         y = G.node("Slice", [x, G.const(np.array([0], np.int64), "st"),

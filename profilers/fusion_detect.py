@@ -93,9 +93,10 @@ def detect_rules(backend, config, workdir, protocol, *, budget_s: float = 60.0, 
     defaults = backend.default_fusion_rules(config.precision)
     default = defaults.fuse
     decided = {p: v[0] for p, v in votes.items() if len(set(v)) == 1}
-    fuse = frozenset(p for p in ((c, o) for c, o in CANDIDATES) if decided.get(p, p in default))
+    tested = {(c, o) for c, o in CANDIDATES}
+    fuse = frozenset(p for p in tested if decided.get(p, p in default))
     # pairs the probes do not test (e.g. TVM's concat absorbing a residual add) keep their default
-    fuse |= frozenset(p for p in default if p not in {tuple(c) for c in CANDIDATES})
+    fuse |= frozenset(p for p in default if p not in tested)
     # a chain can only grow from a fused prefix
     fuse = frozenset(p for p in fuse if "-" not in p[0] or tuple(p[0].rsplit("-", 1)) in fuse)
     return FusionRules(backend.name, fuse, defaults.groups,
