@@ -13,6 +13,7 @@ import pytest
 
 import hwlat
 from hwlat.errors import DeviceBusyError, HwlatError
+from hwlat.predictors.fit import MAX_PASS_SPREAD
 from hwlat.protocol import Protocol
 from hwlat.store import DeviceStore
 
@@ -71,7 +72,10 @@ def test_models_only_profile_calibrates_on_other_networks(hwlat_home, tiny_onnx,
     assert sorted(nets["name"]) == [f"fbnet-cal-{i:03d}" for i in range(4)]
     assert set(nets["family"]) == {"fbnet"} and (nets["latency_ms"] > 0).all()
     assert {"models", "calibration"} <= sources
-    assert dev.summary["fit"]["correction"]["fitted_on"] == 4
+    # the correction is fitted on every network whose passes agree (a slow spell can spoil one)
+    consistent = int(((nets["passes"] < 2) | (nets["pass_spread"] <= MAX_PASS_SPREAD)).sum())
+    assert consistent >= 1
+    assert dev.summary["fit"]["correction"]["fitted_on"] == consistent
 
 
 def test_unknown_space_and_bad_budget_write_nothing(hwlat_home):
