@@ -4,6 +4,9 @@ A rule ``[chain, op]`` says: a kernel whose op chain so far is ``chain`` (e.g. `
 absorbs the next node when that node is ``op`` (e.g. ``relu``) and is the chain's only consumer.
 ``groups`` names structural patterns that run as one kernel (``se``: squeeze-excite from its
 pooling to its gating multiply; ``shuffle``: reshape-transpose-reshape channel shuffle).
+``unfused_operands`` lists ``[op, producer]`` pairs: ``op`` (e.g. ``add``) is not absorbed when its
+other operand comes from ``producer`` (ORT fuses a residual add into its NCHWc convolution only
+when the other operand is in the blocked layout too, which a concat's output is not).
 
 Defaults live in ``hwlat/fusion_rules/<backend>.json`` (or the backend's own folder); rules
 detected by measurement on a device are stored in its ``device.json`` and take precedence.
@@ -23,18 +26,25 @@ class FusionRules:
     fuse: frozenset = field(default_factory=frozenset)      # {(chain, op)}
     groups: frozenset = field(default_factory=lambda: frozenset({"se", "shuffle"}))
     source: str = ""
+    unfused_operands: frozenset = field(default_factory=frozenset)    # {(op, producer)}
 
-    def absorbs(self, chain: str, op: str) -> bool:
+    def absorbs(self, chain: str, op: str, operand_from: str | None = None) -> bool:
+        if operand_from is not None and (op, operand_from) in self.unfused_operands:
+            return False
         return (chain, op) in self.fuse
 
     def to_dict(self) -> dict:
-        return {"backend": self.backend, "fuse": sorted([list(p) for p in self.fuse]),
-                "groups": sorted(self.groups), "source": self.source}
+        d = {"backend": self.backend, "fuse": sorted([list(p) for p in self.fuse]),
+             "groups": sorted(self.groups), "source": self.source}
+        if self.unfused_operands:
+            d["unfused_operands"] = sorted([list(p) for p in self.unfused_operands])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "FusionRules":
         return cls(d.get("backend", "?"), frozenset(tuple(p) for p in d.get("fuse", [])),
-                   frozenset(d.get("groups", ["se", "shuffle"])), d.get("source", ""))
+                   frozenset(d.get("groups", ["se", "shuffle"])), d.get("source", ""),
+                   frozenset(tuple(p) for p in d.get("unfused_operands", [])))
 
 
 def _backend_file(backend: str) -> Path | None:

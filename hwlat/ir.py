@@ -418,9 +418,10 @@ def detect_kernels(model, rules: FusionRules, *, input_shape=None, name: str = "
             if len(nxt) != 1 or cur.output in g.outputs:
                 break
             n2 = nxt[0]
-            if n2.name in assigned or n2.name in group_of or not rules.absorbs(chain, n2.op):
-                break
             extra = [i for i in n2.inputs if i != cur.output]
+            src = by_out[extra[0]].op if len(extra) == 1 and extra[0] in by_out else None
+            if n2.name in assigned or n2.name in group_of or not rules.absorbs(chain, n2.op, src):
+                break
             if n2.op == "add" and len(extra) != 1:
                 break
             chain = f"{chain}-{n2.op}"

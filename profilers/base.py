@@ -129,6 +129,11 @@ class Backend(abc.ABC):
     def compile(self, model: onnx.ModelProto, out_dir: Path, device: DeviceConfig) -> Path:
         """Write a deployable artifact of a whole model into ``out_dir``; return its path."""
 
+    def ops_run(self, artifact: Any, device: DeviceConfig) -> list[str] | None:
+        """The operators the runtime itself reports running for a built kernel, or None when it
+        cannot say. Fusion detection trusts this count over timing where it exists."""
+        return None
+
     def default_fusion_rules(self, precision: str = "fp32"):
         """Fusion rules used before any were detected for a device (see hwlat.fusion)."""
         from hwlat.fusion import default_rules

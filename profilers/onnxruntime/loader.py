@@ -10,7 +10,7 @@ import onnx
 
 from hwlat.device import DeviceConfig
 from hwlat.profilers.base import Backend, BackendInfo, BuildInput, BuildResult, Builder
-from hwlat.profilers.onnxruntime.runner import SINK
+from hwlat.profilers.onnxruntime.runner import SINK, SOURCE, has_aux
 
 
 def with_sink(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -33,6 +33,84 @@ def with_sink(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def with_source(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The residual input of a Conv->Add kernel passed through an identity 1x1 depthwise conv first.
+
+    ORT fuses a residual Add into its NCHWc Conv (the ``Sum`` input) only when the other operand
+    is itself in the blocked layout. Inside a network it always is (another convolution made it,
+    its channels padded to the block); a lone kernel's graph input is not, so without this the
+    Add ran as its own NCHW node after a ReorderOutput (read from ORT's profiler). A max-pool
+    would do only for channel counts that are multiples of the block (24, 40, 72 are not); a
+    depthwise convolution takes any. It and its reorder are timed by the layout probe (found by
+    their output's name, which ORT's NCHWc pass keeps as a prefix) and taken off.
+    """
+    import numpy as np
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in g.input}
+    for n in g.node:
+        if n.op_type != "Add":
+            continue
+        for j, x in enumerate(n.input):
+            if x in shapes and len(shapes[x]) == 4:
+                c = shapes[x][1]
+                w = onnx.numpy_helper.from_array(np.ones((c, 1, 1, 1), np.float32), f"{SOURCE}_w")
+                g.initializer.append(w)
+                n.input[j] = f"{SOURCE}_{x}"
+                g.node.insert(0, onnx.helper.make_node("Conv", [x, w.name], [n.input[j]], name=SOURCE,
+                                                       group=c, kernel_shape=[1, 1]))
+                return m
+    return m
+
+
+def _needs_source(key: str) -> bool:
+    chain = key.split("_", 1)[0].split("-")
+    return len(chain) > 1 and chain[0] == "conv" and "add" in chain
+
+
+def kernel_artifact(key: str, model: onnx.ModelProto) -> onnx.ModelProto:
+    """A kernel's model as ORT must run it to fuse as it does inside a network."""
+    if _needs_source(key):
+        model = with_source(model)
+    if _needs_sink(key):
+        model = with_sink(model)
+    return model
+
+
+def ops_run(model_bytes: bytes, threads: int = 1) -> list[str]:
+    """The compute nodes ORT runs for a model, from its own profiler (layout and aux nodes left out)."""
+    import json
+    import os
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from hwlat.profilers.onnxruntime.runner import LAYOUT_OPS, session_options
+
+    d = tempfile.mkdtemp(prefix="hwlat-ortops-")
+    try:
+        so = session_options(threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(d, "p")
+        sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros([x if isinstance(x, int) and x > 0 else 1 for x in i.shape], np.float32)
+                 for i in sess.get_inputs()}
+        sess.run(None, feeds)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    finally:
+        for p in os.listdir(d):
+            os.remove(os.path.join(d, p))
+        os.rmdir(d)
+    aux = LAYOUT_OPS + (("MaxPool",) if has_aux(model_bytes) else ())
+    return [e["args"]["op_name"] for e in events
+            if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+            and e.get("args", {}).get("op_name") not in aux and SOURCE not in e["name"]]
+
+
 def _needs_sink(key: str) -> bool:
     from hwlat.ir import ACTIVATIONS
 
@@ -48,7 +126,7 @@ class OnnxRuntimeBuilder(Builder):
         for inp in inputs:
             t0 = time.perf_counter()
             try:
-                model = with_sink(inp.model) if inp.kind == "kernel" and _needs_sink(inp.key) else inp.model
+                model = kernel_artifact(inp.key, inp.model) if inp.kind == "kernel" else inp.model
                 out.append(BuildResult(inp.key, model.SerializeToString(), None, time.perf_counter() - t0,
                                        kind=inp.kind))
             except Exception as e:  # noqa: BLE001 - errors are values in a batch
@@ -83,6 +161,10 @@ class OnnxRuntimeBackend(Backend):
         from hwlat.profilers.onnxruntime.runner import OrtSession
 
         return OrtSession(artifact, threads=device.threads, options=device.options)
+
+    def ops_run(self, artifact: Any, device: DeviceConfig) -> list[str]:
+        """What ORT runs for a built kernel: the structural evidence of fusion detection."""
+        return ops_run(artifact, device.threads)
 
     def compile(self, model: onnx.ModelProto, out_dir: Path, device: DeviceConfig) -> Path:
         """The deployable artifact for ORT is the ONNX model itself (checked to load)."""

@@ -31,6 +31,11 @@ def session_options(threads: int, options: dict | None = None):
 
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 SINK = "hwlat_sink"        # the node hwlat.profilers.onnxruntime.loader.with_sink appends to a kernel
+SOURCE = "hwlat_source"    # the node loader.with_source puts before a residual input
+
+
+def has_aux(model_bytes: bytes) -> bool:
+    return SINK.encode() in model_bytes or SOURCE.encode() in model_bytes
 
 
 class OrtSession(TimedSession):
@@ -94,13 +99,13 @@ class OrtSession(TimedSession):
         if not windows:
             return 0.0
         starts = np.array([w[0] for w in windows])
-        # ORT renames nodes in its NCHWc pass: the sink is found by its op (a kernel given a sink
-        # has no max-pool of its own)
-        extra_ops = LAYOUT_OPS + (("MaxPool",) if SINK.encode() in self.model_bytes else ())
+        # ORT renames nodes in its NCHWc pass: a sink or source is found by its op (a kernel
+        # given one has no max-pool of its own)
+        extra_ops = LAYOUT_OPS + (("MaxPool",) if has_aux(self.model_bytes) else ())
         totals = np.zeros(len(windows))       # layout-node microseconds in each run
         for e in events:
             if (e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
-                    and e.get("args", {}).get("op_name") in extra_ops):
+                    and (e.get("args", {}).get("op_name") in extra_ops or SOURCE in e["name"])):
                 i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
                 if i >= 0:
                     totals[i] += float(e.get("dur", 0))
