@@ -204,3 +204,71 @@ def test_ort_kernel_sink_keeps_network_fusions(tmp_path):
     relu = _run_one("conv-relu_i56x56x32_o56x56x128_k1_s1_g1", "kernel")
     assert relu.layout_ms > conv.layout_ms
     assert (relu.median_ms - relu.layout_ms) < 1.15 * (conv.median_ms - conv.layout_ms)
+
+
+def test_ort_conv_add_kernel_fuses_the_residual_as_in_a_network():
+    """A lone Conv->Add leaves the Add as its own node (its residual input is not in ORT's blocked
+    layout); with the identity depthwise source, ORT runs it as one NCHWc Conv with a Sum input,
+    as inside a network, for channel counts that are not multiples of the block too."""
+    from hwlat.kernel_onnx import kernel_model
+    from hwlat.profilers.onnxruntime.loader import kernel_artifact, ops_run
+    from hwlat.profilers.onnxruntime.runner import OrtSession
+
+    for key in ("conv-add_i28x28x144+28x28x24_o28x28x24_k1_s1_g1",
+                "conv-add-relu_i14x14x64+14x14x64_o14x14x64_k3_s1_g1"):
+        plain = kernel_model(key)
+        assert "Add" in ops_run(plain.SerializeToString())
+        built = kernel_artifact(key, kernel_model(key)).SerializeToString()
+        assert ops_run(built) == ["Conv"]
+        # the source and reorders are timed by ORT's profiler and taken off the kernel
+        s = OrtSession(built)
+        s.probe_layout = True
+        s.activate()
+        try:
+            assert s.layout_ms > 0
+        finally:
+            s.deactivate()
+
+
+def test_ort_kernels_run_the_operators_the_network_runs():
+    """The operators ORT runs for a whole network are those it runs for hwlat's kernels of it,
+    one by one (Flatten/Reshape aside): the kernels fuse as the network does."""
+    from collections import Counter
+
+    from hwlat.fusion import default_rules
+    from hwlat.ir import load_onnx, model_kernels, torch_to_onnx
+    from hwlat.kernel_onnx import kernel_model
+    from hwlat.profilers.onnxruntime.loader import kernel_artifact, ops_run
+    from hwlat import zoo_nets
+
+    rules = default_rules("onnxruntime")
+    nets = {"mbv2-w0.75": zoo_nets.mobilenet_v2(0.75), "resnet18": zoo_nets.resnet(18),
+            "ghostnet-w0.5": zoo_nets.ghostnet(0.5), "mnasnet": zoo_nets.mnasnet(0.5),
+            "squeezenet": zoo_nets.squeezenet("1.1")}
+    ignore = {"Flatten", "Reshape"}
+    for name, net in nets.items():
+        proto = load_onnx(torch_to_onnx(net.eval(), (1, 3, 64, 64)))
+        whole = Counter(o for o in ops_run(proto.SerializeToString()) if o not in ignore)
+        parts = Counter()
+        for key in model_kernels(proto, rules).keys:
+            parts.update(o for o in ops_run(kernel_artifact(key, kernel_model(key)).SerializeToString())
+                         if o not in ignore)
+        assert whole == parts, (name, whole - parts, parts - whole)
+
+
+def test_fusion_rules_can_exclude_an_operand_producer():
+    """ORT fuses a residual add into a convolution except when the other operand comes from a
+    concat (GhostNet's units): the rule is data, and kernel detection follows it."""
+    from hwlat.fusion import FusionRules, default_rules
+    from hwlat.ir import load_onnx, model_kernels, torch_to_onnx
+    from hwlat.zoo_nets import ghostnet
+
+    ort_rules = default_rules("onnxruntime")
+    assert ("add", "concat") in ort_rules.unfused_operands
+    assert FusionRules.from_dict(ort_rules.to_dict()) == ort_rules
+    proto = load_onnx(torch_to_onnx(ghostnet(0.5).eval(), (1, 3, 64, 64)))
+    with_rule = model_kernels(proto, ort_rules).keys
+    without = model_kernels(proto, FusionRules.from_dict({**ort_rules.to_dict(), "unfused_operands": []})).keys
+    n_add = sum(k.startswith("add_") for k in with_rule)
+    assert n_add > sum(k.startswith("add_") for k in without)
+    assert sum(k.startswith("conv-add") for k in with_rule) < sum(k.startswith("conv-add") for k in without)
