@@ -87,12 +87,10 @@ class OrtSession(TimedSession):
         gets ReorderInput before and ReorderOutput after its convolution, which inside a network
         happen only at the few places the layout changes (and the sink/source nodes hwlat adds
         so that ORT fuses as in a network). ORT's own profiler (on for these first runs only;
-        ``end_profiling`` switches it off) times every node. Its absolute durations are inflated
-        by its own bookkeeping, by as much as the kernel itself for the smallest ones (profiled
-        runs of a 14x14 depthwise convolution took 2.2x the unprofiled wall time): subtracting
-        them left 0.004 ms of a kernel the profiler timed at 0.011 ms. So the probe keeps the
-        conversions' share of the node time (median over runs after the first two), and
-        the measurement takes that share of its own unprofiled median.
+        ``end_profiling`` switches it off) times every node; the probe keeps the median over
+        runs after the first two of the conversions' time and of all nodes' time, with their
+        counts, and the measurement takes the profiler's own per-node cost off
+        (:func:`hwlat.protocol.layout_from_profile`).
         """
         runs = int(np.clip(np.ceil(0.005 / max(first_run_s, 1e-6)), 12, 60))
         try:
@@ -110,8 +108,8 @@ class OrtSession(TimedSession):
         if not windows:
             return
         starts = np.array([w[0] for w in windows])
-        aux = np.zeros(len(windows))
-        total = np.zeros(len(windows))
+        aux, total = np.zeros(len(windows)), np.zeros(len(windows))
+        n_aux, n_all = np.zeros(len(windows)), np.zeros(len(windows))
         for e in events:
             if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
                 i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
@@ -119,12 +117,14 @@ class OrtSession(TimedSession):
                     continue
                 d = float(e.get("dur", 0))
                 total[i] += d
+                n_all[i] += 1
                 if is_aux(e):
                     aux[i] += d
+                    n_aux[i] += 1
         keep = slice(2, None) if len(total) > 4 else slice(None)     # the first runs allocate
-        share = aux[keep] / np.maximum(total[keep], 1e-9)
-        self.layout_fraction = float(np.median(share)) if aux.any() else 0.0
         self.layout_ms = float(np.median(aux[keep])) * 1e-3
+        self.layout_nodes = (self.layout_ms, float(np.median(total[keep])) * 1e-3,
+                             int(round(np.median(n_aux[keep]))), int(round(np.median(n_all[keep]))))
 
     def _time_runs_impl(self, number: int) -> float:
         run, b = self.sess.run_with_iobinding, self.binding
