@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from hwlat.predictors.kernel_model import KernelRegressors
-from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction, network_layout_ms
+from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction
 
 
 _ARCH_KERNELS: dict = {}     # (space, arch, rules) -> kernels: fits repeat during a profile
@@ -35,25 +35,20 @@ def arch_parts(pred: LatencyPredictor, space, archs) -> tuple[np.ndarray, ...]:
     return np.array(net), np.array(cnt, float), np.array(mb), np.array(amb)
 
 
-def network_lut(lut):
-    """The LUT as kernels cost inside a network: measured in isolation, less the layout conversions
-    only the isolated kernel paid (``layout_ms``, already removed by the store), plus those a network
-    pays around some kernels (:func:`network_layout_ms`), priced per element from the conversions
-    the device's own kernel probes measured."""
+def layout_price(lut) -> float:
+    """ms per element of the layout conversions the device's kernel probes measured (``layout_ms``
+    over input plus output elements, median), the price of the conversions a network pays around
+    some kernels (:func:`network_layout_ms`); 0 on runtimes that have none."""
     from hwlat.kernels import numel, parse_key
 
     if lut.empty or "layout_ms" not in lut.columns:
-        return lut
+        return 0.0
     lay = lut[lut["layout_ms"] > 0]
     if len(lay) < 10:
-        return lut
+        return 0.0
     kerns = [parse_key(k) for k in lay["key"]]
     elems = np.array([numel(k.inputs[0]) + numel(k.output) for k in kerns], float)
-    per_elem = float(np.median(lay["layout_ms"].to_numpy() / elems))
-    lut = lut.copy()
-    lut["latency_ms"] = lut["latency_ms"].to_numpy() + np.array([network_layout_ms(k, per_elem) for k in lut["key"]])
-    lut.attrs["layout_ms_per_element"] = per_elem
-    return lut
+    return float(np.median(lay["layout_ms"].to_numpy() / elems))
 
 
 MAX_PASS_SPREAD = 0.2   # a calibration network whose passes disagree more than this was hit by a slow spell
@@ -91,14 +86,15 @@ def _scale_allowed(manifest: dict) -> bool:
 def fit_device(store) -> dict:
     t0 = time.perf_counter()
     lut_path = store.export_lut()
-    lut = network_lut(store.lut())
+    lut = store.lut()
     manifest = store.manifest()
     if lut.empty:
         return {"error": "no kernels measured"}
+    per_elem = layout_price(lut)
     regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
     overhead = float(manifest.get("call_overhead_ms", 0.0))
     pred = LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
-                            Correction(overhead_ms=overhead), store.path)
+                            Correction(overhead_ms=overhead), store.path, layout_per_element=per_elem)
     corr = Correction(overhead_ms=overhead)
     nets, cnts, mbs, ambs, ys = _calibration_parts(store, pred)
     if len(ys):
@@ -110,7 +106,7 @@ def fit_device(store) -> dict:
 
     meta = {"kernels": kmeta, "correction": corr.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"xgboost": xgboost.__version__, "onnxruntime": onnxruntime.__version__},
-            "lut_rows": int(len(lut)), "layout_ms_per_element": lut.attrs.get("layout_ms_per_element", 0.0)}
+            "lut_rows": int(len(lut)), "layout_ms_per_element": per_elem}
     tmp = pdir / "predictor.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     tmp.replace(pdir / "predictor.json")
@@ -119,11 +115,12 @@ def fit_device(store) -> dict:
 
 
 def _predictor_now(store) -> LatencyPredictor:
-    lut = network_lut(store.lut())
+    lut = store.lut()
     regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
     manifest = store.manifest()
     return LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
-                            Correction(overhead_ms=float(manifest.get("call_overhead_ms", 0.0))), store.path)
+                            Correction(overhead_ms=float(manifest.get("call_overhead_ms", 0.0))), store.path,
+                            layout_per_element=layout_price(lut))
 
 
 def holdout_error(store) -> dict:

@@ -394,3 +394,28 @@ def test_fusion_rules_file_and_probe_logic():
     res = fusion_probe.detect(t.__getitem__, pairs, passes=1)
     assert [r["fused"] for r in res] == [True, False]
     assert fusion_probe.rules_from(res) == [("conv", "relu")]
+
+
+def test_kernels_have_the_operators_whole_models_have(tmp_path):
+    """Structural fusion evidence: the compiler folds RELU into CONV_2D and ADD (as the official
+    converter does), so an add->relu kernel is one ADD, and conv->add stays two operators. The
+    device's default rules agree, in both precisions."""
+    from hwlat.device import DeviceConfig
+    from hwlat.fusion import default_rules
+    from hwlat.kernel_onnx import kernel_model
+    from hwlat.profilers import get_backend
+    from hwlat.profilers.base import BuildInput
+
+    be = get_backend("litert")
+    cfg = DeviceConfig("t", "litert")
+    keys = {"add": "add_i14x14x32+14x14x32_o14x14x32", "add-relu": "add-relu_i14x14x32+14x14x32_o14x14x32",
+            "conv-relu": "conv-relu_i14x14x32_o14x14x32_k3_s1_g1", "conv": "conv_i14x14x32_o14x14x32_k3_s1_g1",
+            "conv-add": "conv-add_i14x14x32+14x14x32_o14x14x32_k3_s1_g1"}
+    built = {b.key: b for b in be.builder(cfg, tmp_path).build([BuildInput(k, kernel_model(k)) for k in keys.values()])}
+    ops = {name: be.ops_run(built[k].artifact, cfg) for name, k in keys.items()}
+    assert ops["add-relu"] == ops["add"] == ["ADD"]
+    assert ops["conv-relu"] == ops["conv"] == ["CONV_2D"]
+    assert ops["conv-add"] == ["CONV_2D", "ADD"]
+    for precision in ("fp32", "int8"):
+        rules = default_rules("litert", precision)
+        assert rules.absorbs("add", "relu") and rules.absorbs("conv", "relu") and not rules.absorbs("conv", "add")

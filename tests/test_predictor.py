@@ -136,14 +136,65 @@ def test_ort_layout_probe_prices_the_reorders_of_a_lone_convolution():
     assert _run_one("add_i28x28x64+28x28x64_o28x28x64", "kernel").layout_ms == 0.0
 
 
-def test_network_layout_cost_goes_to_se_and_shuffle_kernels_only():
-    from hwlat.predictors.latency import network_layout_ms
+def test_network_layout_cost_goes_where_networks_convert():
+    from hwlat.predictors.latency import layout_block, network_layout_ms
 
     pe = 1e-6
     se = "se-relu-hsigmoid_i14x14x96_o14x14x96_m24"
     assert network_layout_ms(se, pe) == pytest.approx(2 * pe * 14 * 14 * 96)
     assert network_layout_ms("conv_i14x14x96_o14x14x96_k3_s1_g96", pe) == 0.0
     assert network_layout_ms(se, 0.0) == 0.0
+    # a concat runs blocked only when every input is block-aligned; a shuffle converts only then
+    assert network_layout_ms("concat_i28x28x32+28x28x64_o28x28x96", pe, 16) == 0.0
+    assert network_layout_ms("concat_i28x28x24+28x28x24_o28x28x48", pe, 16) == pytest.approx(2 * pe * 28 * 28 * 48)
+    assert network_layout_ms("concat_i28x28x24+28x28x24_o28x28x48", pe, 8) == 0.0
+    assert network_layout_ms("shuffle_i28x28x116_o28x28x116_g2", pe, 16) == 0.0
+    assert network_layout_ms("shuffle_i28x28x48_o28x28x48_g2", pe, 16) == 0.0      # after a 24+24 concat
+    assert network_layout_ms("shuffle_i28x28x96_o28x28x96_g2", pe, 16) == pytest.approx(2 * pe * 28 * 28 * 96)
+    assert layout_block({"host": {"cpu_flags": "avx2 avx512f"}}) == 16
+    assert layout_block({"host": {"cpu_flags": "avx2"}}) == 8
+
+
+def test_ort_concat_runs_blocked_only_when_channels_are_block_aligned():
+    """What network_layout_ms assumes, read from ORT's profiler on this host."""
+    import onnx
+    from onnx import TensorProto as T, helper as H, numpy_helper as N
+
+    from hwlat.device import host_facts
+    from hwlat.predictors.latency import layout_block
+    from hwlat.profilers.onnxruntime.loader import ops_run
+
+    block = layout_block({"host": host_facts()})
+
+    def reorders(c1, c2):
+        rng = np.random.default_rng(0)
+        w = [N.from_array(rng.random((c, 16, 1, 1), dtype=np.float32), f"W{i}") for i, c in enumerate((c1, c2))]
+        w3 = N.from_array(rng.random((32, c1 + c2, 1, 1), dtype=np.float32), "W3")
+        g = H.make_graph([H.make_node("Conv", ["X", "W0"], ["a"]), H.make_node("Conv", ["X", "W1"], ["b"]),
+                          H.make_node("Concat", ["a", "b"], ["c"], axis=1), H.make_node("Conv", ["c", "W3"], ["Y"])],
+                         "g", [H.make_tensor_value_info("X", T.FLOAT, [1, 16, 14, 14])],
+                         [H.make_tensor_value_info("Y", T.FLOAT, [1, 32, 14, 14])], w + [w3])
+        m = H.make_model(g, opset_imports=[H.make_opsetid("", 17)])
+        m.ir_version = 8
+        # ops_run leaves conversions out: count them as the whole list less it
+        import json, os, tempfile
+        import onnxruntime as ort
+        d = tempfile.mkdtemp()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(d, "p")
+        s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        s.run(None, {"X": np.zeros((1, 16, 14, 14), np.float32)})
+        ev = json.load(open(s.end_profiling()))
+        allops = [e["args"]["op_name"] for e in ev if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        assert sorted(o for o in allops if not o.startswith("Reorder")) == sorted(ops_run(m.SerializeToString()))
+        return sum(o.startswith("Reorder") for o in allops)
+
+    if reorders(16, 16) > 2:     # not even an aligned concat runs blocked: this CPU has no NCHWc
+        pytest.skip("ONNX Runtime runs no blocked layout on this CPU")
+    assert reorders(block, 2 * block) == 2          # in once, out once
+    assert reorders(block + 4, block + 4) > 2       # the unaligned concat converts out and back in
 
 
 def test_store_from_before_layout_probing_is_migrated(tmp_path):
@@ -272,3 +323,16 @@ def test_fusion_rules_can_exclude_an_operand_producer():
     n_add = sum(k.startswith("add_") for k in with_rule)
     assert n_add > sum(k.startswith("add_") for k in without)
     assert sum(k.startswith("conv-add") for k in with_rule) < sum(k.startswith("conv-add") for k in without)
+
+
+def test_layout_from_profile_takes_the_profilers_own_cost_off():
+    from hwlat.protocol import layout_from_profile
+
+    # a big kernel: the profiled nodes sum to the unprofiled run, the conversions are as timed
+    assert layout_from_profile(2.0, 0.1, 1.99, 2, 3) == pytest.approx(0.1)
+    # a tiny one: profiled nodes 0.023 ms against a 0.0175 ms run; each of the 4 nodes carries
+    # 1.4 us of profiler, taken off the 3 conversion nodes
+    lay = layout_from_profile(0.0175, 0.012, 0.023, 3, 4)
+    assert lay == pytest.approx(0.012 - 3 * 0.0055 / 4)
+    assert 0.0175 - lay > 0.011 - 0.0055 / 4 - 1e-9      # the kernel keeps its profiled time
+    assert layout_from_profile(0.01, 0.02, 0.2, 3, 4) == 0.0

@@ -110,6 +110,15 @@ class LiteRTBackend(Backend):
     def session(self, artifact: Any, device: DeviceConfig) -> TimedSession:
         return LiteRTSession(artifact, threads=device.threads)
 
+    def ops_run(self, artifact: Any, device: DeviceConfig) -> list[str]:
+        """The operators of a built kernel's .tflite, as the interpreter runs them (the int8 edge
+        QUANTIZE/DEQUANTIZE aside): the structural evidence of fusion detection. The compiler
+        folds a RELU/RELU6 into the CONV_2D, ADD or MUL before it, as the official converter does,
+        and the kernels must run what whole compiled models run."""
+        from hwlat.profilers.litert.tflite_writer import op_names
+
+        return [o for o in op_names(Path(artifact).read_bytes()) if o not in ("QUANTIZE", "DEQUANTIZE")]
+
     def compile(self, model: onnx.ModelProto, out_dir: Path, device: DeviceConfig) -> Path:
         """``<out_dir>/<model name>.tflite``, checked against ONNX Runtime on a random input: a
         float32 model that disagrees is an error; the check's figures are stored in the file's
