@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -210,6 +212,7 @@ class Job:
                 for r in results:
                     self.store.add_measurement(r.key, p, r.measurement, error=r.error, worker=r.worker,
                                                session=self.session_id)
+                    self._check_interrupt()
                     done.setdefault(r.key, set()).add(p)
                     self.summary.measurements += 1
                     self.summary.errors += r.error is not None
@@ -288,8 +291,20 @@ class Job:
                     self.store.add_model_measurement(name, family, p, r.measurement, kernels=[key], error=r.error,
                                                      session=self.session_id)
                     self.summary.models_measured += r.measurement is not None
+                    self._check_interrupt()
         finally:
             runner.close()
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._sigint = True
+        raise KeyboardInterrupt
+
+    def _check_interrupt(self) -> None:
+        """Ctrl-C is remembered, not only raised: a library that turns the KeyboardInterrupt into an
+        error of its own (caught as a per-kernel error, or as a failed progress checkpoint) would
+        otherwise let the profile run on to the end. The next stored measurement stops it."""
+        if getattr(self, "_sigint", False):
+            raise KeyboardInterrupt
 
     def checkpoint(self) -> None:
         """Error on held-out calibration architectures of the predictor the store gives now."""
@@ -299,6 +314,7 @@ class Job:
             err = holdout_error(self.store)
         except Exception as e:  # noqa: BLE001 - a curve point is informative, never fatal
             err = {"error": f"{type(e).__name__}: {e}"}
+        self._check_interrupt()
         err.update({"minutes": round((time.monotonic() - self.t0) / 60.0, 2), "kernels": int(len(self.store.lut()))})
         self.summary.curve.append(err)
         self._last_checkpoint = time.monotonic()
@@ -331,6 +347,10 @@ class Job:
         self.summary = ProfileSummary(self.config.name, self.config.backend)
         self.store = DeviceStore.create(self.config, self.lut_dir)
         self.store.lock()
+        self._sigint = False
+        prev_handler = None
+        if threading.current_thread() is threading.main_thread():
+            prev_handler = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             _check_config(self.store, self.config)
             m = self.store.manifest()
@@ -393,6 +413,8 @@ class Job:
             with contextlib.suppress(Exception):
                 self.store.export_lut()
         finally:
+            if prev_handler is not None:
+                signal.signal(signal.SIGINT, prev_handler)
             self.summary.minutes = (time.monotonic() - self.t0) / 60.0
             self.summary.kernels_measured = int(len(self.store.lut())) if self.store.conn else 0
             self.store.close()
