@@ -44,8 +44,9 @@ def network_layout_ms(key: str, per_element_ms: float, block: int = 16) -> float
     are a multiple of the block; otherwise its inputs are converted out and its output back in
     (GhostNet and DenseNet: 13% and 4% of the run in reorders, by ORT's profiler). A channel shuffle
     converts when its input is blocked: it follows a concat of its groups (ShuffleNet), blocked
-    when each group's channels are a multiple of the block; otherwise the concat converted already. Priced per element from the conversions the device's
-    own kernel probes measured (zero on runtimes that have none).
+    when each group's channels are a multiple of the block; otherwise the concat converted already.
+    Priced per element from the conversions the device's own kernel probes measured (zero on
+    runtimes that have none).
     """
     if per_element_ms <= 0:
         return 0.0

@@ -90,34 +90,29 @@ def kernel_artifact(key: str, model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def ops_run(model_bytes: bytes, threads: int = 1) -> list[str]:
-    """The compute nodes ORT runs for a model, from its own profiler (layout and aux nodes left out)."""
-    import json
+def ops_run(model_bytes: bytes, threads: int = 1, *, aux: bool = False) -> list[str]:
+    """The compute nodes ORT runs for a model, from its own profiler; layout conversions and the
+    sink/source hwlat adds are left out unless ``aux``."""
     import os
     import tempfile
 
     import numpy as np
     import onnxruntime as ort
 
-    from hwlat.profilers.onnxruntime.runner import LAYOUT_OPS, session_options
+    from hwlat.profilers.onnxruntime.runner import is_node, read_profile, session_options
 
     d = tempfile.mkdtemp(prefix="hwlat-ortops-")
+    sess = None
     try:
         so = session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(d, "p")
         sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-        feeds = {i.name: np.zeros([x if isinstance(x, int) and x > 0 else 1 for x in i.shape], np.float32)
-                 for i in sess.get_inputs()}
-        sess.run(None, feeds)
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
+        sess.run(None, {i.name: np.zeros([x if isinstance(x, int) and x > 0 else 1 for x in i.shape], np.float32)
+                        for i in sess.get_inputs()})
     finally:
-        for p in os.listdir(d):
-            os.remove(os.path.join(d, p))
-        os.rmdir(d)
-    return [e["args"]["op_name"] for e in events
-            if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and not is_aux(e)]
+        events = read_profile(sess, d)
+    return [e["args"]["op_name"] for e in events if is_node(e) and (aux or not is_aux(e))]
 
 
 def _needs_sink(key: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -32,6 +33,23 @@ def session_options(threads: int, options: dict | None = None):
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 SINK = "hwlat_sink"        # the node hwlat.profilers.onnxruntime.loader.with_sink appends to a kernel
 SOURCE = "hwlat_source"    # the node loader.with_source puts before a residual input
+
+
+def read_profile(sess, prof_dir: str) -> list[dict]:
+    """Stop ORT's profiler of ``sess`` (None: it never started) and return its events; the folder
+    it wrote to is removed either way."""
+    try:
+        if sess is None:
+            return []
+        with open(sess.end_profiling()) as f:
+            return json.load(f)
+    finally:
+        shutil.rmtree(prof_dir, ignore_errors=True)
+
+
+def is_node(event: dict) -> bool:
+    """A profiler event of one node's kernel run."""
+    return event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time")
 
 
 def is_aux(event: dict) -> bool:
@@ -96,13 +114,8 @@ class OrtSession(TimedSession):
         try:
             for _ in range(runs):
                 self.sess.run_with_iobinding(self.binding)
-            path = self.sess.end_profiling()
-            with open(path) as f:
-                events = json.load(f)
         finally:
-            for p in os.listdir(prof_dir):
-                os.remove(os.path.join(prof_dir, p))
-            os.rmdir(prof_dir)
+            events = read_profile(self.sess, prof_dir)
         windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                          if e.get("cat") == "Session" and e.get("name") == "model_run")
         if not windows:
@@ -111,7 +124,7 @@ class OrtSession(TimedSession):
         aux, total = np.zeros(len(windows)), np.zeros(len(windows))
         n_aux, n_all = np.zeros(len(windows)), np.zeros(len(windows))
         for e in events:
-            if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            if is_node(e):
                 i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
                 if i < 0:
                     continue
