@@ -140,3 +140,25 @@ def test_interrupted_profile_resumes_losing_at_most_one(hwlat_home):
     why = (rows, rows2, distinct2, out, proc.stderr.decode()[-800:])
     assert rows2 == distinct2 == out["kernels_planned"] * 2, why
     assert out["measurements"] == rows2 - rows, why
+
+
+def test_calibration_network_gets_more_passes_only_when_its_passes_disagree(hwlat_home):
+    """A calibration network measured in a slow spell gets another pass (the store keeps its fastest
+    pass); one whose passes agree does not, and no network gets more than two extra."""
+    from hwlat.device import DeviceConfig
+    from hwlat.profiling import ARCH_EXTRA_PASSES, Job
+
+    job = Job(DeviceConfig("extra", "onnxruntime", threads=1), budget_minutes=1, lut_dir=hwlat_home / "devices",
+              progress=False)
+    job.arch_queue, job.arch_times = [], {}
+    for ms in (5.0, 5.1, 5.05):
+        job._more_passes("calm", ms)
+    assert job.arch_queue == []
+    for ms in (5.0, 6.4):
+        job._more_passes("spell", ms)
+    assert job.arch_queue == []                  # its scheduled passes are not all taken yet
+    job._more_passes("spell", 5.1)
+    assert job.arch_queue == [(3, "spell")]
+    for ms in (6.3, 6.2, 6.1):
+        job._more_passes("spell", ms)
+    assert [p for p, n in job.arch_queue if n == "spell"] == [3, 4][:ARCH_EXTRA_PASSES]
