@@ -4,7 +4,7 @@
   run loses at most the one in flight and a re-run resumes.
 - ``device.json``: backend, options, runtime versions, host facts, protocol, fusion rules,
   calibration, schema version.
-- ``lut.csv``: the LUT export (one row per kernel, the fastest of its passes), readable with pandas.
+- ``lut.csv``: the LUT export (one row per kernel; see :meth:`DeviceStore.lut`), readable with pandas.
 - ``predictor/``: fitted regressors (XGBoost JSON) and their manifest.
 
 A lock file (``flock``) refuses a second profiler on the same device: parallel runs on one
@@ -238,16 +238,20 @@ class DeviceStore:
         return self._df("SELECT * FROM reference")
 
     def lut(self) -> pd.DataFrame:
-        """One row per measured kernel: the fastest of its passes (each pass's median, less the layout
-        conversions only the isolated kernel paid: ``layout_ms``, see hwlat.protocol.Measurement).
+        """One row per measured kernel: one of its passes' medians, less the layout conversions
+        only the isolated kernel paid (``layout_ms``, see hwlat.protocol.Measurement). Which one is
+        the backend's ``pass_estimate``: the fastest pass for ONNX Runtime and LiteRT, the median
+        elsewhere.
 
-        Why the fastest pass and not the median: the host's slow spells (about a second, 25-45%
-        slower, MEASUREMENT.md) only ever add time, and a spell covers every trial of a
-        measurement, so a pass either shows the kernel's cost or an inflated one. In a noisy hour
-        (60% of kernels with passes 10% apart) the median kept the inflation: two 10-minute
-        profiles of one host then disagreed by more than 10% on 27% of kernels, and on 11% with
-        the fastest pass. Refitted on five stored ORT profiles, the whole zoo within +-10% went
-        from 57-95% (mean 82%) to 89-93% (mean 91%); on a LiteRT one from 77% to 91%.
+        Why the fastest pass there: the host's slow spells (about a second, 25-45% slower,
+        MEASUREMENT.md) only ever add time, and a spell covers every trial of a measurement, so a
+        pass either shows the kernel's cost or an inflated one. In a noisy hour (60% of kernels
+        with passes 10% apart) the median kept the inflation: two 10-minute ORT profiles of one
+        host then disagreed by more than 10% on 27% of kernels, and on 11% with the fastest pass.
+        Refitted on five stored ORT profiles, the whole zoo within +-10% went from 57-95% (mean
+        82%) to 89-93% (mean 91%); on a LiteRT one from 77% to 91%. TVM kernels also come out
+        40% faster than their median in some passes (module state, not the host), so the fastest
+        pass there is an outlier: a TVM store predicted its 4 zoo models 7-29% low with it.
         ``p10_ms``/``p90_ms`` and ``pass_spread`` stay medians and spreads over the passes."""
         cols = ["key", "op", "kind", "latency_ms", "p10_ms", "p90_ms", "passes", "pass_spread", "layout_ms"]
         m = self._df("SELECT key, pass, median_ms, p10_ms, p90_ms, spread, layout_ms FROM measurements "
@@ -259,7 +263,7 @@ class DeviceStore:
             m[c] = m[c] - m["layout_ms"]
         g = m.groupby("key")
         lut = pd.DataFrame({
-            "latency_ms": g["median_ms"].min(),
+            "latency_ms": g["median_ms"].min() if self.pass_estimate() == "min" else g["median_ms"].median(),
             "p10_ms": g["p10_ms"].median(),
             "p90_ms": g["p90_ms"].median(),
             "passes": g["pass"].nunique(),
@@ -275,12 +279,22 @@ class DeviceStore:
         if m.empty:
             return pd.DataFrame(columns=["name", "family", "latency_ms", "passes", "pass_spread", "kernels"])
         g = m.groupby(["name", "family"])
-        # the fastest pass, as for kernels (see lut): the correction fitted on these networks must
+        # the same pass estimate as kernels (see lut): the correction fitted on these networks must
         # relate estimates of one kind
-        out = pd.DataFrame({"latency_ms": g["median_ms"].min(), "passes": g["pass"].nunique(),
+        est = g["median_ms"].min() if self.pass_estimate() == "min" else g["median_ms"].median()
+        out = pd.DataFrame({"latency_ms": est, "passes": g["pass"].nunique(),
                             "pass_spread": g["median_ms"].agg(lambda s: float((s.max() - s.min()) / s.median())),
                             "kernels": g["kernels"].first()}).reset_index()
         return out
+
+    def pass_estimate(self) -> str:
+        """"min" or "median": which pass of a kernel the LUT keeps, as the device's backend says."""
+        from hwlat.profilers import backend_class
+
+        try:
+            return backend_class(self.manifest().get("device", {}).get("backend", "")).pass_estimate
+        except Exception:  # noqa: BLE001 - a store of no known backend keeps medians
+            return "median"
 
     def export_lut(self) -> Path:
         path = self.path / LUT_CSV

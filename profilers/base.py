@@ -105,6 +105,9 @@ class Backend(abc.ABC):
     # may the whole-model correction scale the kernel sum (``a``)? Only where kernels measurably
     # run uniformly slower inside a network than alone (see predictors.latency.fit_correction)
     correction_scale: bool = True
+    # which of a kernel's passes the LUT keeps (hwlat.store.DeviceStore.lut): "min" where the
+    # runtime's timing noise only adds time (slow spells of the host), else "median"
+    pass_estimate: str = "median"
 
     @classmethod
     @abc.abstractmethod

@@ -72,6 +72,7 @@ class LiteRTBuilder(Builder):
 
 class LiteRTBackend(Backend):
     name = "litert"
+    pass_estimate = "min"
     pip_extra = "litert"
 
     @classmethod

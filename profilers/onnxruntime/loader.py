@@ -147,6 +147,7 @@ class OnnxRuntimeBackend(Backend):
     # is cold weights and activations (the d and e terms). On three 10-minute stores, the whole
     # zoo within 10% went 73->84%, 77->80%, 41->41% without the scale.
     correction_scale = False
+    pass_estimate = "min"
 
     @classmethod
     def probe(cls) -> BackendInfo:
