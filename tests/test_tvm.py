@@ -217,6 +217,37 @@ def test_kernels_follow_relax_fusion():
     assert any(k.startswith("shuffle_") for k in ort_keys) and not any(k.startswith("concat-") for k in ort_keys)
 
 
+def test_ops_run_counts_the_tir_functions_tvm_launches(backend, host_builds, tmp_path):
+    """TVM reports what it runs (the TIR calls of the fused ``main``, kept with each build), so
+    fusion detection can count rather than time: a fused activation adds no launch, an op that
+    Relax does not fuse adds one."""
+    from hwlat.kernels import Kernel
+
+    dev = DeviceConfig(name="host-tvm", backend="tvm")
+    ops = {b.key: backend.ops_run(b.artifact, dev) for b in host_builds}
+    assert all(o for o in ops.values()), ops
+    # each of these is one kernel of hwlat, and one TIR function of TVM
+    for key in KEYS[:2] + KEYS[3:5]:
+        assert len(ops[key]) == 1, (key, ops[key])
+    conv = Kernel("conv", ((14, 14, 16),), (14, 14, 32), (("k", 3), ("s", 1), ("g", 1)))
+    relu = Kernel("relu", ((14, 14, 32),), (14, 14, 32))
+    fused = Kernel("conv-relu", ((14, 14, 16),), (14, 14, 32), (("k", 3), ("s", 1), ("g", 1)))
+    # two MatMuls in a row: an op of the same pattern is never absorbed
+    from onnx import TensorProto, helper, numpy_helper
+
+    ws = [numpy_helper.from_array(np.full((64, 64), 0.01, np.float32), f"w{i}") for i in range(2)]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w0"], ["h"]), helper.make_node("MatMul", ["h", "w1"], ["y"])],
+                              "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], ws)
+    two = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    builds = backend.builder(dev, tmp_path).build([BuildInput(k.key, kernel_model(k)) for k in (conv, relu, fused)]
+                                                  + [BuildInput("gemm-gemm", two)])
+    assert [b.error for b in builds] == [None] * 4
+    n = {b.key: len(backend.ops_run(b.artifact, dev)) for b in builds}
+    assert n[fused.key] == n[conv.key] == 1 and n[relu.key] == 1
+    assert n["gemm-gemm"] == 2
+
+
 def test_errors_are_values(backend, tmp_path):
     from onnx import TensorProto, helper
 

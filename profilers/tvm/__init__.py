@@ -97,6 +97,14 @@ class TVMBackend(Backend):
         return TVMSession(artifact, threads=device.threads,
                           set_threads=bool((device.options or {}).get("set_threads", True)))
 
+    def ops_run(self, artifact: Any, device: DeviceConfig) -> list[str] | None:
+        """The TIR functions the VM launches for a built kernel (from its sidecar, recorded at
+        build time after TVM's own operator fusion), or None for an artifact built before."""
+        from hwlat.profilers.tvm.builder import read_sidecar
+
+        ops = read_sidecar(artifact).get("ops")
+        return list(ops) if ops is not None else None
+
     def compile(self, model: onnx.ModelProto, out_dir: Path, device: DeviceConfig) -> Path:
         """``<out_dir>/<name>.so`` (or ``.tar``) compiled with the device's tuning records, and
         ``<name>.so.json`` next to it (target, inputs, how many tasks were tuned, versions)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -70,6 +71,16 @@ def prepare(mod, target: dict):
         seq = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
                *dispatch, *legalize]
         return tvm.transform.Sequential(seq)(mod)
+
+
+_CALL = re.compile(r"R\.(call_tir\w*|call_dps_packed|call_packed)\(\s*(?:cls\.)?\"?([\w.]+)")
+
+
+def tir_calls(prepared) -> list[str]:
+    """The functions ``main`` of a prepared (legalized, fused) module calls, in order: the kernels
+    the VM will launch (``fused_conv2d_add_relu``, ...). One name per launch; fusion detection
+    counts them (an activation fused into a convolution adds none)."""
+    return [name for _, name in _CALL.findall(prepared["main"].script(show_meta=False))]
 
 
 def _lower_passes():
@@ -157,12 +168,14 @@ def build_model(model: onnx.ModelProto, target: dict, stem: Path, device: Device
                                    tuned_before=sum(tuning.is_tuned(t, database, target) for t in tasks))
     if database is not None:
         tgt.load_tensor_intrinsics(target)   # tuned traces may tensorize
+    ops = tir_calls(prepared)
     executable = compile_prepared(prepared, target, database)
     path = tgt.export(executable, stem, target, device.options)
     meta = {"inputs": specs, "target": target, "tuned": report.covered > 0,
             "tuned_fraction": round(report.covered / report.tasks, 3) if report.tasks else 0.0,
             "tuning": report.to_dict(), "tuning_db": str(db_dir) if db_dir else None,
-            "toolchain": tgt.toolchain(target, device.options)[2], "versions": versions(), "kind": kind}
+            "toolchain": tgt.toolchain(target, device.options)[2], "versions": versions(), "kind": kind,
+            "ops": ops}
     write_json_atomic(Path(str(path) + SIDECAR_SUFFIX), meta)
     return path, meta
 
