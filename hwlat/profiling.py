@@ -82,7 +82,7 @@ def _kernel_rows(pairs) -> list[tuple[str, str, str, str]]:
 
 
 # networks measured for the whole-model correction besides those of the profiled spaces
-CALIBRATION_EXTRA = {"fbnet": 8}
+CALIBRATION_EXTRA = {"fbnet": 8, "convnet": 10}
 
 
 class Job:
@@ -259,7 +259,7 @@ class Job:
         todo_spaces += [(_spaces.get(n), min(c, self.arch_samples)) for n, c in CALIBRATION_EXTRA.items()
                         if n not in {sp.name for sp in self.space_objs}]
         for sp, count in todo_spaces:
-            for i, a in enumerate(sp.sample(count, seed=self.seed + 1000)):
+            for i, a in enumerate(sp.calibration_sample(count, seed=self.seed + 1000)):
                 name = f"{sp.name}-cal-{i:03d}"
                 todo = [p for p in range(self.protocol.passes) if (name, p) not in done]
                 if not todo:

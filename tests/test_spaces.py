@@ -12,7 +12,7 @@ import pytest
 from hwlat.errors import HwlatError
 from hwlat.search import spaces
 
-ALL = ["ofa-mbv3", "nasbench201", "fbnet", "hurricane"]
+ALL = ["ofa-mbv3", "nasbench201", "fbnet", "hurricane", "convnet"]
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "benchdata" / "published"
 
 
@@ -279,6 +279,22 @@ def test_build_export_and_run(name, tmp_path):
         ops = {n.op_type for n in onnx.load(str(path)).graph.node}
         assert ops <= {"Conv", "Relu", "HardSwish", "HardSigmoid", "Mul", "Add", "GlobalAveragePool",
                        "Flatten", "Gemm", "Reshape", "Transpose", "Constant", "AveragePool",
-                       "BatchNormalization"}, ops
+                       "BatchNormalization", "MaxPool"}, ops
         if name in ("ofa-mbv3", "hurricane"):
             assert {"HardSwish", "HardSigmoid"} <= ops
+
+
+def test_convnet_calibration_networks_spread_over_weights():
+    """The calibration networks of ``convnet`` cover widths and resolutions in turn, so their weights
+    span two orders of magnitude (what separates a correction's weight and activation terms)."""
+    space = spaces.get("convnet")
+    archs = space.calibration_sample(10, seed=1000)
+    assert sorted({a.w for a in archs}) == [16, 32, 48, 64, 96]
+    assert len({a.r for a in archs}) == 4
+    assert archs == space.calibration_sample(10, seed=1000)
+    mb = [sum(p.numel() for p in space.build(a).parameters()) * 4e-6 for a in archs]
+    assert min(mb) < 3 and max(mb) > 60
+    with pytest.raises(HwlatError, match="field 'w'"):
+        space.parse({"r": 160, "w": 40, "d": [1, 1, 1, 1], "b": ["plain"] * 4})
+    with pytest.raises(HwlatError, match="field 'b'"):
+        space.parse({"r": 160, "w": 32, "d": [1, 1, 1, 1], "b": ["dense"] * 4})

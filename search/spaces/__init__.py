@@ -5,6 +5,6 @@ Each space module registers itself with ``@register``; importing this package im
 """
 
 from .base import Space, get, make_divisible, names, register
-from . import fbnet, hurricane, nasbench201, ofa  # noqa: F401  (each registers its space)
+from . import convnet, fbnet, hurricane, nasbench201, ofa  # noqa: F401  (each registers its space)
 
 __all__ = ["Space", "get", "names", "register", "make_divisible"]

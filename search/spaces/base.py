@@ -120,6 +120,11 @@ class Space(abc.ABC):
         """``n`` random architectures, deterministic for a seed (an int or a numpy Generator)."""
         return self.from_matrix(self.sample_matrix(n, seed))
 
+    def calibration_sample(self, n: int, seed: Any = 0) -> list:
+        """Architectures to calibrate a device's whole-model correction on (default: ``sample``);
+        a space whose networks differ widely in size spreads them over that range instead."""
+        return self.sample(n, seed)
+
     # -- features ---------------------------------------------------------------------------
     @abc.abstractmethod
     def encode_matrix(self, m: np.ndarray) -> np.ndarray:
