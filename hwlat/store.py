@@ -91,6 +91,11 @@ def list_devices(lut_dir=None) -> list[str]:
     return sorted(out)
 
 
+
+def _fast_spread(s) -> float:
+    v = np.sort(np.asarray(s, float))
+    return float((v[1] - v[0]) / v[0]) if len(v) > 1 else 0.0
+
 class DeviceStore:
     """Open (and with ``create``, make) the store of one device."""
 
@@ -277,13 +282,17 @@ class DeviceStore:
     def model_lut(self) -> pd.DataFrame:
         m = self._df("SELECT name, family, pass, median_ms, kernels FROM models WHERE error IS NULL")
         if m.empty:
-            return pd.DataFrame(columns=["name", "family", "latency_ms", "passes", "pass_spread", "kernels"])
+            return pd.DataFrame(columns=["name", "family", "latency_ms", "passes", "pass_spread", "fast_spread",
+                                         "kernels"])
         g = m.groupby(["name", "family"])
         # the same pass estimate as kernels (see lut): the correction fitted on these networks must
         # relate estimates of one kind
         est = g["median_ms"].min() if self.pass_estimate() == "min" else g["median_ms"].median()
         out = pd.DataFrame({"latency_ms": est, "passes": g["pass"].nunique(),
                             "pass_spread": g["median_ms"].agg(lambda s: float((s.max() - s.min()) / s.median())),
+                            # how far the second-fastest pass is from the fastest: a fastest pass that
+                            # another pass confirms is a measurement, whatever slow spells hit the rest
+                            "fast_spread": g["median_ms"].agg(_fast_spread),
                             "kernels": g["kernels"].first()}).reset_index()
         return out
 

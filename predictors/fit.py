@@ -58,7 +58,11 @@ def _calibration_parts(store, pred):
     from hwlat.search import spaces
 
     models = store.model_lut()
-    models = models[(models["passes"] < 2) | (models["pass_spread"] <= MAX_PASS_SPREAD)]
+    # a network whose passes disagree was hit by a slow spell: with medians it is dropped; where the
+    # store keeps the fastest pass (slow spells only add time) it stays when a second pass confirms
+    # the fastest (dropping every network of a noisy hour left no calibration at all)
+    spread = models["fast_spread"] if store.pass_estimate() == "min" else models["pass_spread"]
+    models = models[(models["passes"] < 2) | (spread <= MAX_PASS_SPREAD)]
     nets, cnts, mbs, ambs, ys = [], [], [], [], []
     for family, grp in models.groupby("family"):
         try:
