@@ -125,6 +125,16 @@ def bench_noise(sp, archs, lat, folds: int = 5) -> list[dict]:
     np.fill_diagonal(corr, np.nan)
     for row, c in zip(rows, corr):
         row["max_resid_corr_other"] = float(np.nanmax(c))
+    if sp.name == "ofa-mbv3":
+        # archs sharing a depth pattern (243 of them, ~20 archs each) differ in kernel sizes, expand
+        # ratios and resolution; on a launch-bound column these explain nothing, and the spread
+        # within a group is the table's own noise: even the group's median is a ceiling
+        groups = pd.Series([" ".join(map(str, a.d)) for a in archs])
+        for row, dev in zip(rows, lat.columns):
+            ly = pd.Series(np.log(lat[dev].to_numpy()))
+            med = ly.groupby(groups).transform("median")
+            row["depth_group_median_acc10"] = float(np.mean(np.abs(np.exp(ly - med) - 1) <= 0.10))
+            row["within_group_log_std"] = float((ly - ly.groupby(groups).transform("mean")).std())
     return rows
 
 
