@@ -91,10 +91,10 @@ def list_devices(lut_dir=None) -> list[str]:
     return sorted(out)
 
 
-
 def _fast_spread(s) -> float:
     v = np.sort(np.asarray(s, float))
     return float((v[1] - v[0]) / v[0]) if len(v) > 1 else 0.0
+
 
 class DeviceStore:
     """Open (and with ``create``, make) the store of one device."""

@@ -195,16 +195,14 @@ def test_local_kernels_match_onnxruntime(backend, host_builds):
 def test_kernels_follow_relax_fusion():
     """A TVM kernel is what Relax runs as one TIR function: in a ShuffleNet, the concat, channel
     shuffle and split of each unit are one fused function per call site, and so one hwlat kernel."""
-    import re
-
     from hwlat.fusion import default_rules
     from hwlat.ir import load_onnx, model_kernels, torch_to_onnx
-    from hwlat.profilers.tvm.builder import prepare, to_relax
+    from hwlat.profilers.tvm.builder import prepare, tir_calls, to_relax
     from hwlat.profilers.tvm.target import host_target
     from hwlat.zoo_nets import shufflenet_v2
 
     proto = load_onnx(torch_to_onnx(shufflenet_v2(0.5).eval(), (1, 3, 64, 64)))
-    calls = re.findall(r"R\.call_tir\((\w+)", prepare(to_relax(proto), host_target(1))["main"].script())
+    calls = tir_calls(prepare(to_relax(proto), host_target(1)))
     keys = model_kernels(proto, default_rules("tvm")).keys
     fused = [c for c in calls if "concatenate" in c]
     assert fused and all("reshape" in c and "transpose" in c for c in fused)

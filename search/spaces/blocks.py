@@ -106,6 +106,24 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
+class ResidualBlock(nn.Module):
+    """ResNet blocks: two 3x3 convs (basic) or 1x1 to half the channels, 3x3, 1x1 back
+    (``bottleneck``); the input added through a 1x1 projection where the shape changes; ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, bottleneck: bool = False):
+        super().__init__()
+        if bottleneck:
+            mid = cout // 2
+            self.body = nn.Sequential(ConvBNAct(cin, mid, 1, 1, act="relu"), ConvBNAct(mid, mid, 3, stride, act="relu"),
+                                      ConvBNAct(mid, cout, 1, 1, act=None))
+        else:
+            self.body = nn.Sequential(ConvBNAct(cin, cout, 3, stride, act="relu"), ConvBNAct(cout, cout, 3, 1, act=None))
+        self.proj = ConvBNAct(cin, cout, 1, stride, act=None) if (stride != 1 or cin != cout) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.proj(x))
+
+
 class Classifier(nn.Module):
     """Global average pool -> flatten -> [dropout-free] linear."""
 
@@ -149,5 +167,5 @@ def finish(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["act_layer", "ConvBNAct", "SqueezeExcite", "ChannelShuffle", "MBConv", "Classifier",
+__all__ = ["act_layer", "ConvBNAct", "SqueezeExcite", "ChannelShuffle", "MBConv", "ResidualBlock", "Classifier",
            "MobileHead", "finish", "make_divisible"]

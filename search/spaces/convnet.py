@@ -44,30 +44,65 @@ class ConvNetArch:
     b: tuple[str, ...]
 
 
-def _block_macs(kind: str, cin: int, cout: int, h_in: int, stride: int) -> float:
+def _stage_blocks(i: int, r: int, w: int, depth: int, kind: str):
+    """(kind, in channels, out channels, stride, input size) of the blocks of stage ``i``: a
+    stage's input depends on the resolution and width only (every stage has a block)."""
+    h = -(-(-(-r // 2)) // 2)            # after the stride-2 stem and the stride-2 max-pool
+    for _ in range(max(i - 1, 0)):
+        h = -(-h // 2)
+    cin, cout = (w if i == 0 else w * 2 ** (i - 1)), w * 2 ** i
+    for j in range(depth):
+        s = 2 if (i > 0 and j == 0) else 1
+        yield kind, cin, cout, s, h
+        h, cin = -(-h // s), cout
+
+
+def block_plan(a: ConvNetArch):
+    """(kind, in channels, out channels, stride, input size) of every block, in order."""
+    for i in range(N_STAGES):
+        yield from _stage_blocks(i, a.r, a.w, a.d[i], a.b[i])
+
+
+def _block_macs(kind: str, cin: int, cout: int, stride: int, h_in: int) -> float:
     h = -(-h_in // stride)
     if kind == "plain":
         return h * h * 9 * cin * cout
+    proj = h * h * cin * cout if (stride != 1 or cin != cout) else 0
     if kind == "basic":
-        proj = h * h * cin * cout if (stride != 1 or cin != cout) else 0
         return h * h * 9 * (cin * cout + cout * cout) + proj
     mid = cout // 2
-    proj = h * h * cin * cout if (stride != 1 or cin != cout) else 0
     return h_in * h_in * cin * mid + h * h * (9 * mid * mid + mid * cout) + proj
 
 
 def macs(a: ConvNetArch) -> float:
     h = -(-a.r // 2)
-    total = h * h * 27 * a.w
-    h = -(-h // 2)
-    cin = a.w
-    for i in range(N_STAGES):
-        cout = a.w * 2 ** i
-        for j in range(a.d[i]):
-            s = 2 if (i > 0 and j == 0) else 1
-            total += _block_macs(a.b[i], cin, cout, h, s)
-            h, cin = -(-h // s), cout
-    return total + cin * NUM_CLASSES
+    last = a.w * 2 ** (N_STAGES - 1)
+    return h * h * 27 * a.w + sum(_block_macs(*blk) for blk in block_plan(a)) + last * NUM_CLASSES
+
+
+_STAGE_MACS: np.ndarray | None = None
+
+
+def _stage_macs() -> np.ndarray:
+    """MACs of stage i for (resolution, width, depth, kind) indices: the stages add up (one table
+    lookup per stage in :meth:`ConvNetSpace.encode_matrix`)."""
+    global _STAGE_MACS
+    if _STAGE_MACS is None:
+        t = np.zeros((N_STAGES, len(RESOLUTIONS), len(WIDTHS), len(DEPTHS), len(KINDS)))
+        for ri, r in enumerate(RESOLUTIONS):
+            for wi, w in enumerate(WIDTHS):
+                for di, d in enumerate(DEPTHS):
+                    for ki, k in enumerate(KINDS):
+                        for i in range(N_STAGES):
+                            t[i, ri, wi, di, ki] = sum(_block_macs(*blk) for blk in _stage_blocks(i, r, w, d, k))
+        _STAGE_MACS = t
+    return _STAGE_MACS
+
+
+def _fixed_macs(r_idx: np.ndarray, w_idx: np.ndarray) -> np.ndarray:
+    r, w = np.asarray(RESOLUTIONS, float)[r_idx], np.asarray(WIDTHS, float)[w_idx]
+    h = np.ceil(r / 2)
+    return h * h * 27 * w + w * 2 ** (N_STAGES - 1) * NUM_CLASSES
 
 
 @register("convnet")
@@ -153,7 +188,9 @@ class ConvNetSpace(Space):
         out[:, 2:2 + N_STAGES] = np.asarray(DEPTHS, np.float32)[m[:, 2:2 + N_STAGES]]
         one_hot = np.take(np.eye(len(KINDS), dtype=np.float32), m[:, 2 + N_STAGES:], axis=0)
         out[:, 2 + N_STAGES:-1] = one_hot.reshape(n, N_STAGES * len(KINDS))
-        out[:, -1] = [macs(a) / 1e9 for a in self.from_matrix(m)]
+        table, st = _stage_macs(), np.arange(N_STAGES)
+        stages = table[st, m[:, [0]], m[:, [1]], m[:, 2:2 + N_STAGES], m[:, 2 + N_STAGES:]].sum(axis=1)
+        out[:, -1] = (stages + _fixed_macs(m[:, 0], m[:, 1])) / 1e9
         return out
 
     # -- models -------------------------------------------------------------------------------
@@ -164,43 +201,12 @@ class ConvNetSpace(Space):
     def build(self, arch: ConvNetArch):
         from torch import nn
 
-        from .blocks import Classifier, ConvBNAct, finish
+        from .blocks import Classifier, ConvBNAct, ResidualBlock, finish
 
         a = self.parse(arch)
         layers: list[nn.Module] = [ConvBNAct(3, a.w, 3, 2, act="relu"), nn.MaxPool2d(3, 2, 1)]
-        cin = a.w
-        for i in range(N_STAGES):
-            cout = a.w * 2 ** i
-            for j in range(a.d[i]):
-                s = 2 if (i > 0 and j == 0) else 1
-                layers.append(_Block(a.b[i], cin, cout, s))
-                cin = cout
-        layers.append(Classifier(cin, NUM_CLASSES))
+        for kind, cin, cout, s, _ in block_plan(a):
+            layers.append(ConvBNAct(cin, cout, 3, s, act="relu") if kind == "plain"
+                          else ResidualBlock(cin, cout, s, bottleneck=kind == "bottleneck"))
+        layers.append(Classifier(a.w * 2 ** (N_STAGES - 1), NUM_CLASSES))
         return finish(nn.Sequential(*layers))
-
-
-def _Block(kind: str, cin: int, cout: int, stride: int):
-    import torch
-    from torch import nn
-
-    from .blocks import ConvBNAct
-
-    if kind == "plain":
-        return ConvBNAct(cin, cout, 3, stride, act="relu")
-
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            if kind == "basic":
-                self.body = nn.Sequential(ConvBNAct(cin, cout, 3, stride, act="relu"),
-                                          ConvBNAct(cout, cout, 3, 1, act=None))
-            else:
-                mid = cout // 2
-                self.body = nn.Sequential(ConvBNAct(cin, mid, 1, 1, act="relu"), ConvBNAct(mid, mid, 3, stride, act="relu"),
-                                          ConvBNAct(mid, cout, 1, 1, act=None))
-            self.proj = ConvBNAct(cin, cout, 1, stride, act=None) if (stride != 1 or cin != cout) else nn.Identity()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.body(x) + self.proj(x))
-
-    return Residual()
