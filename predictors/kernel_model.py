@@ -5,6 +5,12 @@ parameters (per kind): it extrapolates the way hardware does (time grows with wo
 alone are flat outside their data and badly wrong for a large convolution they never saw. The
 trees (XGBoost JSON) model what the line misses: alignment, kernel size, layout effects.
 
+Outside the measured range the line can still promise a throughput the device never reached
+(a VGG convolution predicted at 1.4x the fastest convolution the device ran). Every prediction is
+therefore held above a roofline read off the device's own measurements: FLOPs over the kind's
+peak measured FLOP rate and bytes over its peak measured bandwidth (a high quantile, not the
+maximum: a fast outlier does not set the roof).
+
 Cost-model verbs as in TVM MetaSchedule: ``update`` (fit on measured kernels), ``predict``,
 ``save``, ``load``. Kinds with too few measurements are served by a global model trained on all
 kernels (kind is a feature), so a kernel type the device never measured still gets a learned
@@ -18,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hwlat.kernels import parse_key
+from hwlat.kernels import bytes_moved, flops, parse_key
 from hwlat.predictors.features import FEATURE_NAMES, feature_matrix
 
 MIN_PER_KIND = 25
 GLOBAL = "_global"
+ROOF_QUANTILE = 0.98   # of measured FLOP/ms and byte/ms per kind: the roofline's peaks
 
 _PARAMS = {
     "objective": "reg:squarederror", "eta": 0.08, "max_depth": 6, "min_child_weight": 1.0,
@@ -50,6 +57,37 @@ def baseline(x: np.ndarray, coef) -> np.ndarray:
     return _base_design(x) @ np.asarray(coef)
 
 
+def _work(keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kind, FLOPs, bytes moved) per kernel key."""
+    ks = [parse_key(k) for k in keys]
+    return (np.array([k.kind for k in ks]), np.array([flops(k) for k in ks], float),
+            np.array([bytes_moved(k) for k in ks], float))
+
+
+def fit_roofline(keys: list[str], latency_ms: np.ndarray) -> dict[str, list[float]]:
+    """Peak FLOP/ms and byte/ms per kind (and over all kernels, ``_global``) measured on the device."""
+    kinds, fl, by = _work(keys)
+    y = np.maximum(np.asarray(latency_ms, float), 1e-6)
+    roof = {}
+    for kind in sorted(set(kinds)) + [GLOBAL]:
+        sel = np.ones(len(y), bool) if kind == GLOBAL else kinds == kind
+        if sel.sum() >= MIN_PER_KIND:
+            roof[str(kind)] = [float(np.quantile(fl[sel] / y[sel], ROOF_QUANTILE)),
+                               float(np.quantile(by[sel] / y[sel], ROOF_QUANTILE))]
+    return roof
+
+
+def roofline_floor(keys: list[str], roof: dict) -> np.ndarray:
+    """The least latency (ms) the device's measured peaks allow each kernel (0 without a roofline)."""
+    if not roof or GLOBAL not in roof:
+        return np.zeros(len(keys))
+    kinds, fl, by = _work(keys)
+    peaks = np.array([roof.get(k, roof[GLOBAL]) for k in kinds], float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.maximum(np.where(peaks[:, 0] > 0, fl / peaks[:, 0], 0.0), np.where(peaks[:, 1] > 0, by / peaks[:, 1], 0.0))
+    return np.nan_to_num(t)
+
+
 def _train(x: np.ndarray, y: np.ndarray, rounds: int):
     import xgboost as xgb
 
@@ -64,6 +102,7 @@ class KernelRegressors:
         self.boosters: dict = {}
         self.base: dict[str, list[float]] = {}
         self.counts: dict[str, int] = {}
+        self.roof: dict[str, list[float]] = {}
 
     def update(self, keys: list[str], latency_ms: np.ndarray) -> "KernelRegressors":
         keys = list(keys)
@@ -71,6 +110,7 @@ class KernelRegressors:
         x = feature_matrix(keys)
         kinds = np.array([parse_key(k).kind for k in keys])
         self.boosters, self.base, self.counts = {}, {}, {}
+        self.roof = fit_roofline(keys, latency_ms)
         rounds = int(np.clip(60 + len(keys) // 8, 150, 500))
         self.base[GLOBAL] = fit_baseline(x, y)
         self.boosters[GLOBAL] = _train(x, y - baseline(x, self.base[GLOBAL]), rounds)
@@ -108,7 +148,7 @@ class KernelRegressors:
                     used[i] = kind
         if todo.any():
             out[todo] = self.boosters[GLOBAL].inplace_predict(x[todo]) + baseline(x[todo], self.base[GLOBAL])
-        return np.exp(out), used
+        return np.maximum(np.exp(out), roofline_floor(keys, self.roof)), used
 
     def save(self, folder: Path) -> dict:
         folder = Path(folder)
@@ -119,7 +159,9 @@ class KernelRegressors:
             booster.save_model(str(f))
             files[kind] = f.name
         return {"files": files, "baseline": self.base, "counts": self.counts, "features": list(FEATURE_NAMES),
-                "target": "log(latency_ms) = baseline(log2 flops, log2 bytes, log2 params) + trees"}
+                "roofline": self.roof, "roofline_quantile": ROOF_QUANTILE,
+                "target": "log(latency_ms) = baseline(log2 flops, log2 bytes, log2 params) + trees, "
+                          "held above flops/peak_flops and bytes/peak_bytes of the kind"}
 
     @classmethod
     def load(cls, folder: Path, meta: dict) -> "KernelRegressors":
@@ -136,6 +178,7 @@ class KernelRegressors:
             self.boosters[kind] = b
         self.base = {k: list(v) for k, v in meta["baseline"].items()}
         self.counts = dict(meta.get("counts", {}))
+        self.roof = {k: list(v) for k, v in meta.get("roofline", {}).items()}   # none in older predictors
         return self
 
 

@@ -45,6 +45,30 @@ def test_regressors_save_load_identical(small_device, tmp_path):
     assert np.allclose(p1, p2) and u1 == u2 and (p1 > 0).all()
 
 
+def test_regressors_never_promise_more_than_the_measured_roofline(small_device, tmp_path):
+    """A convolution far larger than any profiled one is held above FLOPs over the device's peak
+    measured convolution throughput, and the roofline survives save/load."""
+    from hwlat.kernels import flops, parse_key
+    from hwlat.predictors.kernel_model import roofline_floor
+
+    _, dev = small_device
+    lut = dev.lut()
+    regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
+    conv = lut[lut["kind"] == "conv"]
+    peak = regs.roof["conv"][0]
+    measured_rate = np.array([flops(parse_key(k)) for k in conv["key"]]) / conv["latency_ms"].to_numpy()
+    assert 0 < peak <= measured_rate.max() and (measured_rate > peak).mean() < 0.05
+    big = ["conv-relu_i40x40x256_o40x40x256_k3_s1_g1", "conv-relu_i20x20x512_o20x20x512_k3_s1_g1"]
+    p, _ = regs.predict(big)
+    floor = np.array([flops(parse_key(k)) for k in big]) / peak
+    assert (roofline_floor(big, regs.roof) >= floor * (1 - 1e-9)).all() and (p >= floor * (1 - 1e-9)).all()
+    loaded = KernelRegressors.load(tmp_path, json.loads(json.dumps(regs.save(tmp_path))))
+    assert loaded.roof == regs.roof and np.allclose(loaded.predict(big)[0], p)
+    old = json.loads(json.dumps(regs.save(tmp_path)))
+    del old["roofline"]                      # a predictor saved before the roofline loads without one
+    assert KernelRegressors.load(tmp_path, old).roof == {}
+
+
 def test_regressors_generalise_to_held_out_kernels(small_device):
     """Trained on 80% of the device's kernels, the held-out 20% come out within a factor band."""
     _, dev = small_device
