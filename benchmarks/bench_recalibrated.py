@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--without", default="", help="calibration families to leave out (comma-separated)")
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", default=None, help="also write the interleaved measurements (ms per network) to this JSON")
     args = ap.parse_args()
 
     import hwlat
@@ -65,6 +66,11 @@ def main() -> None:
     res = measure_models(zoo + cal, DeviceConfig("t", args.backend, threads=args.threads), passes=args.passes)
     print(f"measured {len(zoo)} zoo models and {len(cal)} calibration networks "
           f"({', '.join(sorted({f for _, f, _ in cal}))}) in {args.passes} interleaved passes")
+    if args.save:
+        import json
+
+        Path(args.save).write_text(json.dumps({"zoo": {n: res[n] for n, _, _ in zoo if n in res},
+                                               "calibration": {n: res[n] for n, _, _ in cal if n in res}}, indent=1))
     out_root = Path(tempfile.mkdtemp(prefix="hwlat-recal-"))
     for src in args.devices:
         dst = out_root / Path(src).name
