@@ -63,7 +63,7 @@ def _calibration_parts(store, pred):
     # the fastest (dropping every network of a noisy hour left no calibration at all)
     spread = models["fast_spread"] if store.pass_estimate() == "min" else models["pass_spread"]
     models = models[(models["passes"] < 2) | (spread <= MAX_PASS_SPREAD)]
-    nets, cnts, mbs, ambs, ys = [], [], [], [], []
+    nets, cnts, mbs, ambs, ys, fams = [], [], [], [], [], []
     for family, grp in models.groupby("family"):
         try:
             sp = spaces.get(family)
@@ -75,7 +75,8 @@ def _calibration_parts(store, pred):
         mbs += list(m)
         ambs += list(am)
         ys += list(grp["latency_ms"])
-    return tuple(np.asarray(v, float) for v in (nets, cnts, mbs, ambs, ys))
+        fams += [family] * len(grp)
+    return tuple(np.asarray(v, float) for v in (nets, cnts, mbs, ambs, ys)) + (np.asarray(fams, dtype=object),)
 
 
 def _scale_allowed(manifest: dict) -> bool:
@@ -100,9 +101,9 @@ def fit_device(store) -> dict:
     pred = LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=overhead), store.path, layout_per_element=per_elem)
     corr = Correction(overhead_ms=overhead)
-    nets, cnts, mbs, ambs, ys = _calibration_parts(store, pred)
+    nets, cnts, mbs, ambs, ys, fams = _calibration_parts(store, pred)
     if len(ys):
-        corr = fit_correction(nets, cnts, ys, overhead, mbs, ambs, scale=_scale_allowed(manifest))
+        corr = fit_correction(nets, cnts, ys, overhead, mbs, ambs, scale=_scale_allowed(manifest), groups=fams)
     pdir = store.path / PREDICTOR_DIR
     kmeta = regs.save(pdir)
     import onnxruntime
@@ -135,14 +136,14 @@ def holdout_error(store) -> dict:
     if len(store.model_lut()) < 6 or store.lut().empty:
         return {"n": int(len(store.model_lut()))}
     pred = _predictor_now(store)
-    nets, cnts, mbs, ambs, ys = _calibration_parts(store, pred)
+    nets, cnts, mbs, ambs, ys, fams = _calibration_parts(store, pred)
     idx = np.arange(len(ys))
     out = np.empty(len(ys))
     scale = _scale_allowed(pred.manifest)
     for fold in (0, 1):
         tr, te = idx % 2 != fold, idx % 2 == fold
         corr = fit_correction(nets[tr], cnts[tr], ys[tr], pred.correction.overhead_ms, mbs[tr], ambs[tr],
-                              scale=scale)
+                              scale=scale, groups=fams[tr])
         out[te] = corr.apply(nets[te], cnts[te], mbs[te], ambs[te])
     m = metrics(ys, out)
     return {"n": m["n"], "rmspe": round(m["rmspe"], 4), "acc_10pct": round(m["acc_10pct"], 3),

@@ -106,6 +106,25 @@ def test_correction_recovers_known_terms():
     assert c3.a == 1.0 and "a" not in c3.terms and c3.rmspe_after < c3.rmspe_before
 
 
+def test_a_term_that_does_not_carry_to_a_left_out_family_is_not_kept():
+    """Activations cost extra in two families only: leave-one-out on all networks keeps the
+    activation term, leave-one-family-out shows it mispredicts the third family."""
+    rng = np.random.default_rng(2)
+    fam = np.array(["ofa"] * 15 + ["fbnet"] * 15 + ["convnet"] * 4)
+    n = len(fam)
+    net = rng.uniform(2, 20, n)
+    mb = rng.uniform(5, 140, n)
+    amb = np.where(fam == "convnet", rng.uniform(40, 80, n), rng.uniform(20, 60, n))
+    y = (net + 0.03 * mb + np.where(fam == "convnet", 0.0, 0.05 * amb)) * (1 + rng.normal(0, 0.01, n))
+    cnt = np.full(n, 60.0)
+    assert fit_correction(net, cnt, y, 0.0, mb, amb).terms == "de"
+    c = fit_correction(net, cnt, y, 0.0, mb, amb, groups=fam)
+    assert c.terms == "d" and c.d_ms_per_mb > 0
+    # terms that carry to every family are kept with groups too
+    y2 = net + 0.03 * mb + 0.008 * amb
+    assert fit_correction(net, cnt, y2, 0.0, mb, amb, groups=fam).terms == "de"
+
+
 def test_backends_say_whether_the_kernel_sum_may_be_scaled():
     from hwlat.predictors.fit import _scale_allowed
     from hwlat.profilers import backend_class
