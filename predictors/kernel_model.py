@@ -57,16 +57,16 @@ def baseline(x: np.ndarray, coef) -> np.ndarray:
     return _base_design(x) @ np.asarray(coef)
 
 
-def _work(keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(kind, FLOPs, bytes moved) per kernel key."""
-    ks = [parse_key(k) for k in keys]
+def _work(kernels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kind, FLOPs, bytes moved) per kernel (parsed, or its key)."""
+    ks = [parse_key(k) if isinstance(k, str) else k for k in kernels]
     return (np.array([k.kind for k in ks]), np.array([flops(k) for k in ks], float),
             np.array([bytes_moved(k) for k in ks], float))
 
 
-def fit_roofline(keys: list[str], latency_ms: np.ndarray) -> dict[str, list[float]]:
+def fit_roofline(kernels, latency_ms: np.ndarray) -> dict[str, list[float]]:
     """Peak FLOP/ms and byte/ms per kind (and over all kernels, ``_global``) measured on the device."""
-    kinds, fl, by = _work(keys)
+    kinds, fl, by = _work(kernels)
     y = np.maximum(np.asarray(latency_ms, float), 1e-6)
     roof = {}
     for kind in sorted(set(kinds)) + [GLOBAL]:
@@ -77,15 +77,15 @@ def fit_roofline(keys: list[str], latency_ms: np.ndarray) -> dict[str, list[floa
     return roof
 
 
-def roofline_floor(keys: list[str], roof: dict) -> np.ndarray:
+def roofline_floor(kernels, roof: dict) -> np.ndarray:
     """The least latency (ms) the device's measured peaks allow each kernel (0 without a roofline)."""
     if not roof or GLOBAL not in roof:
-        return np.zeros(len(keys))
-    kinds, fl, by = _work(keys)
+        return np.zeros(len(kernels))
+    kinds, fl, by = _work(kernels)
     peaks = np.array([roof.get(k, roof[GLOBAL]) for k in kinds], float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.maximum(np.where(peaks[:, 0] > 0, fl / peaks[:, 0], 0.0), np.where(peaks[:, 1] > 0, by / peaks[:, 1], 0.0))
-    return np.nan_to_num(t)
+        return np.maximum(np.where(peaks[:, 0] > 0, fl / peaks[:, 0], 0.0),
+                          np.where(peaks[:, 1] > 0, by / peaks[:, 1], 0.0))
 
 
 def _train(x: np.ndarray, y: np.ndarray, rounds: int):
@@ -105,12 +105,12 @@ class KernelRegressors:
         self.roof: dict[str, list[float]] = {}
 
     def update(self, keys: list[str], latency_ms: np.ndarray) -> "KernelRegressors":
-        keys = list(keys)
+        ks = [parse_key(k) for k in keys]     # once: features, kinds and the roofline all need them
         y = np.log(np.maximum(np.asarray(latency_ms, dtype=np.float64), 1e-5))
-        x = feature_matrix(keys)
-        kinds = np.array([parse_key(k).kind for k in keys])
+        x = feature_matrix(ks)
+        kinds = np.array([k.kind for k in ks])
         self.boosters, self.base, self.counts = {}, {}, {}
-        self.roof = fit_roofline(keys, latency_ms)
+        self.roof = fit_roofline(ks, latency_ms)
         rounds = int(np.clip(60 + len(keys) // 8, 150, 500))
         self.base[GLOBAL] = fit_baseline(x, y)
         self.boosters[GLOBAL] = _train(x, y - baseline(x, self.base[GLOBAL]), rounds)
@@ -132,8 +132,9 @@ class KernelRegressors:
             return np.zeros(0), []
         if GLOBAL not in self.boosters:
             raise RuntimeError("kernel regressors used before update() or load()")
-        x = feature_matrix(keys)
-        kinds = np.array([parse_key(k).kind for k in keys])
+        ks = [parse_key(k) for k in keys]
+        x = feature_matrix(ks)
+        kinds = np.array([k.kind for k in ks])
         out = np.empty(len(keys))
         used = [GLOBAL] * len(keys)
         todo = np.ones(len(keys), bool)
@@ -148,7 +149,7 @@ class KernelRegressors:
                     used[i] = kind
         if todo.any():
             out[todo] = self.boosters[GLOBAL].inplace_predict(x[todo]) + baseline(x[todo], self.base[GLOBAL])
-        return np.maximum(np.exp(out), roofline_floor(keys, self.roof)), used
+        return np.maximum(np.exp(out), roofline_floor(ks, self.roof)), used
 
     def save(self, folder: Path) -> dict:
         folder = Path(folder)

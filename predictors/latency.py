@@ -126,7 +126,7 @@ def _physical(coef, y) -> bool:
 PARSIMONY = 1.1
 
 
-def _carries(cols: tuple, lofo_err: dict, scale: bool) -> bool:
+def _carries(cols: tuple, lofo_err: dict) -> bool:
     """A set of two or more terms is offered only when, fitted without a family and scored on it,
     it errs no more than every smaller set it extends: a term that fits the calibration families
     without carrying to another family is left out. Measured on a 10-minute ONNX Runtime store
@@ -137,7 +137,7 @@ def _carries(cols: tuple, lofo_err: dict, scale: bool) -> bool:
     nothing ("a" either way)."""
     if len(cols) < 2 or not lofo_err:
         return True
-    subs = [c for c in lofo_err if len(c) == len(cols) - 1 and set(c) <= set(cols) and (scale or 0 not in c)]
+    subs = [c for c in lofo_err if len(c) == len(cols) - 1 and set(c) <= set(cols)]
     return all(lofo_err[cols] <= lofo_err[c] for c in subs)
 
 
@@ -162,19 +162,20 @@ def fit_correction(net_sums, counts, measured, overhead_ms: float, weight_mb=Non
     if len(y) < 4:
         best.rmspe_after = best.rmspe_before
         return best
+    # term sets this fit may choose (no scale where the backend forbids one)
+    offered = {name: cols for name, cols in _TERMS.items() if scale or 0 not in cols}
     fam = None if groups is None else np.asarray(groups)
+    families = set() if fam is None else set(fam.tolist())
     lofo_err = {}
-    if fam is not None and len(set(fam.tolist())) >= 3:
-        for name, cols in _TERMS.items():
+    if len(families) >= 3:
+        for cols in offered.values():
             lofo = np.empty(len(y))
-            for g in set(fam.tolist()):
+            for g in families:
                 m = fam != g
                 lofo[~m] = feats[~m] @ np.asarray(_solve(feats[m], y[m], cols, overhead_ms)) + overhead_ms
             lofo_err[cols] = rmspe(lofo)
-    for name, cols in _TERMS.items():
-        if not scale and 0 in cols:
-            continue
-        if not _carries(cols, lofo_err, scale):
+    for name, cols in offered.items():
+        if not _carries(cols, lofo_err):
             continue
         loo = np.empty(len(y))
         ok = True
