@@ -235,8 +235,26 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = Fa
     return None
 
 
+# The largest kernel the adaptive rounds may add. Real networks keep every tensor under ~4M
+# elements (VGG's 224x224x64 is 3.2M; MobileNetV2's widest, 112x112x96, is 1.2M) and their
+# kernels under the prior's FLOP cap. Varied without it, the worst-predicted kernels walked to
+# shapes no network has (an avgpool over 160x160x552, a 7x7 grouped conv at 160x160: 10-30 ms
+# each, measured on a 10-minute ONNX Runtime profile), spending the budget where no model lives.
+MAX_TENSOR_ELEMENTS = 4_000_000
+MAX_NEIGHBOUR_MFLOPS = 800.0
+
+
+def realistic(k: Kernel) -> bool:
+    """Whether a kernel lies within the envelope of shapes real networks use (see above)."""
+    from hwlat.kernels import flops, numel
+
+    return (flops(k) <= MAX_NEIGHBOUR_MFLOPS * 1e6
+            and max(numel(s) for s in tuple(k.inputs) + (k.output,)) <= MAX_TENSOR_ELEMENTS)
+
+
 def neighbours(key: str, seed: int = 0) -> list[str]:
-    """Kernels near ``key``: channels, spatial size and kernel size varied one at a time."""
+    """Kernels near ``key``: channels, spatial size and kernel size varied one at a time, within
+    the envelope of real networks (``realistic``)."""
     from hwlat.kernels import parse_key
 
     k = parse_key(key)
@@ -267,9 +285,10 @@ def neighbours(key: str, seed: int = 0) -> list[str]:
             if p2 is not None:
                 attrs2["p"] = p2
         try:
-            return Kernel(k.op, tuple(ins), (ho2, ho2, cout2), tuple(attrs2.items())).key
+            k2 = Kernel(k.op, tuple(ins), (ho2, ho2, cout2), tuple(attrs2.items()))
         except Exception:  # noqa: BLE001
             return None
+        return k2.key if realistic(k2) else None
 
     same_c = cin == cout
     for f in (0.75, 1.25):

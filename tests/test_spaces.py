@@ -298,3 +298,22 @@ def test_convnet_calibration_networks_spread_over_weights():
         space.parse({"r": 160, "w": 40, "d": [1, 1, 1, 1], "b": ["plain"] * 4})
     with pytest.raises(HwlatError, match="field 'b'"):
         space.parse({"r": 160, "w": 32, "d": [1, 1, 1, 1], "b": ["dense"] * 4})
+
+
+def test_adaptive_neighbours_stay_within_real_network_shapes():
+    """Neighbours of a kernel vary one dimension at a time and never leave the envelope real
+    networks use: a kernel at the edge gets smaller neighbours only, one outside gets none."""
+    from hwlat.kernels import flops, numel, parse_key
+    from hwlat.profilers.sampling import MAX_TENSOR_ELEMENTS, neighbours, realistic
+
+    near = neighbours("conv-relu_i56x56x64_o56x56x64_k3_s1_g1")
+    assert len(near) >= 4 and all(realistic(parse_key(n)) for n in near)
+    assert any("i64x64" in n for n in near) and any("x80_" in n for n in near)
+    edge = "maxpool_i128x128x224_o64x64x224_k3_s2"          # 3.67M elements in
+    assert realistic(parse_key(edge))
+    grown = neighbours(edge)
+    assert grown and all(max(numel(s) for s in parse_key(n).inputs) <= MAX_TENSOR_ELEMENTS for n in grown)
+    assert not any("i160x160" in n or "x280_" in n for n in grown)
+    assert not realistic(parse_key("avgpool_i160x160x552_o159x159x552_k2_s1"))
+    big = "conv_i56x56x512_o56x56x512_k3_s1_g1"             # 14.8 GFLOP: beyond every network layer
+    assert flops(parse_key(big)) > 800e6 and all(flops(parse_key(n)) <= 800e6 for n in neighbours(big))
