@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwlat.errors import HwlatError
+from hwlat.ir import REDUCE_OPS, RESIZE_MODES, UNARY_OPS
 from hwlat.kernels import Kernel, pad_attr, parse_key, same_pad_total
 
 OPSET = 17
@@ -101,6 +102,23 @@ def _split(G, x: str, channels: int, n: int) -> list[str]:
     outs = [G.name("t") for _ in range(n)]
     G.nodes.append(helper.make_node("Split", [x, sizes], outs, axis=1, name=G.name("Split")))
     return outs
+
+
+_UNARY = {t.lower(): t for t in UNARY_OPS}
+_REDUCE = {t.lower(): t for t in REDUCE_OPS}
+
+
+def _reduced_axes(in_nchw: list, out_nchw: list) -> tuple[list[int], int]:
+    """The axes a reduction from ``in_nchw`` to ``out_nchw`` removed, and whether it kept them."""
+    if len(out_nchw) == len(in_nchw):
+        return [i for i, (a, o) in enumerate(zip(in_nchw, out_nchw)) if a != o and o == 1] or [1], 1
+    axes, j = [], 0
+    for i, a in enumerate(in_nchw):
+        if j < len(out_nchw) and out_nchw[j] == a and len(in_nchw) - i > len(out_nchw) - j - 1:
+            j += 1
+        else:
+            axes.append(i)
+    return axes, 0
 
 
 def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
@@ -199,6 +217,32 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         y = G.node("Pad", [x, G.const(np.array(pads, np.int64), "pads")])
     elif base == "softmax":
         y = G.node("Softmax", [x], axis=-1)
+    elif base in _UNARY:
+        y = G.node(_UNARY[base], [x])
+    elif base in ("max", "min"):
+        y = G.node(base.capitalize(), [x, in_names[1]])
+    elif base == "prelu":
+        c = in_shapes[0][1]
+        slope = (0.25 * np.ones((c,) + (1,) * (len(in_shapes[0]) - 2))).astype(np.float32)
+        y = G.node("PRelu", [x, G.const(slope, "slope")])
+    elif base in _REDUCE:
+        axes, keep = _reduced_axes(in_shapes[0], out_nchw)
+        if base == "reducesum":     # at opset 17 only ReduceSum takes its axes as an input
+            y = G.node("ReduceSum", [x, G.const(np.array(axes, np.int64), "axes")], keepdims=keep)
+        else:
+            y = G.node(_REDUCE[base], [x], axes=axes, keepdims=keep)
+    elif base == "instnorm":
+        c = in_shapes[0][1]
+        y = G.node("InstanceNormalization", [x, G.const(np.ones(c, np.float32), "scale"),
+                                             G.const(np.zeros(c, np.float32), "bias")], epsilon=1e-5)
+    elif base == "layernorm":
+        c = in_shapes[0][-1]
+        y = G.node("LayerNormalization", [x, G.const(np.ones(c, np.float32), "scale"),
+                                          G.const(np.zeros(c, np.float32), "bias")], axis=-1, epsilon=1e-5)
+    elif base == "resize":
+        mode = RESIZE_MODES[k.attr("r", 1)]
+        y = G.node("Resize", [x, "", "", G.const(np.array(out_nchw, np.int64), "sizes")], mode=mode,
+                   **({"coordinate_transformation_mode": "pytorch_half_pixel"} if mode != "nearest" else {}))
     else:
         raise HwlatError(f"no ONNX builder for kernel op '{k.op}' (key {k.key})")
 

@@ -20,7 +20,7 @@ import pandas as pd
 from hwlat.errors import HwlatError, UnknownDeviceError
 from hwlat.fusion import FusionRules, default_rules
 from hwlat.ir import ModelKernels, model_kernels
-from hwlat.kernels import numel, param_count, parse_key
+from hwlat.kernels import Kernel, numel, param_count, parse_key
 from hwlat.predictors.kernel_model import KernelRegressors
 from hwlat.store import LUT_CSV, find_device_dir
 
@@ -60,6 +60,18 @@ def network_layout_ms(key: str, per_element_ms: float, block: int = 16) -> float
     if op == "shuffle" and not (len(k.inputs[0]) == 3 and (k.inputs[0][2] // max(k.attr("g", 1), 1)) % block == 0):
         return 0.0
     return 2.0 * per_element_ms * numel(k.inputs[0])
+
+
+def _view_key(key: str) -> str:
+    """The key a kernel is priced as. A reshape is a view: one dispatch whatever its batch, so a
+    batched one (a token-wise Linear's flatten, ``reshape_i196x64_o64_b196``) is priced as the
+    unbatched reshape the device measured, not extrapolated along a batch it never saw."""
+    if not key.startswith("reshape_") or "_b" not in key:
+        return key
+    k = parse_key(key)
+    if k.op != "reshape" or k.attr("b", 1) == 1:
+        return key
+    return Kernel(k.op, k.inputs, k.output, tuple((a, v) for a, v in k.attrs if a != "b")).key
 
 
 @dataclass
@@ -271,7 +283,8 @@ class LatencyPredictor:
         out = np.empty(len(keys))
         sources, used = ["lut"] * len(keys), [""] * len(keys)
         miss = []
-        for i, k in enumerate(keys):
+        looked = [_view_key(k) for k in keys]
+        for i, k in enumerate(looked):
             v = self.lut.get(k)
             if v is None:
                 miss.append(i)
@@ -281,7 +294,7 @@ class LatencyPredictor:
             if self.regressors is None:
                 raise HwlatError(f"device '{self.name}' has no regressors for kernels outside its LUT "
                                  f"(e.g. {keys[miss[0]]}); run hwlat profile again to fit them")
-            pred, which = self.regressors.predict([keys[i] for i in miss])
+            pred, which = self.regressors.predict([looked[i] for i in miss])
             for j, i in enumerate(miss):
                 out[i], sources[i], used[i] = pred[j], "model", which[j]
         if self.layout_per_element > 0:

@@ -1,5 +1,7 @@
+import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 from hwlat.errors import BadModelError, UnsupportedOpError
@@ -47,8 +49,8 @@ def _model_with(op, inputs=("x",), **attrs):
 
 
 def test_unsupported_op_names_op_and_node():
-    with pytest.raises(UnsupportedOpError, match="'Erf'.*'weird'"):
-        model_kernels(_model_with("Erf"), default_rules("onnxruntime"))
+    with pytest.raises(UnsupportedOpError, match="'Hardmax'.*'weird'"):
+        model_kernels(_model_with("Hardmax"), default_rules("onnxruntime"))
 
 
 def test_dynamic_shape_needs_input_shape(tmp_path):
@@ -70,3 +72,60 @@ def test_corrupt_and_missing_files(tmp_path):
     m.graph.node[0].input[0] = "undefined_tensor"
     with pytest.raises(BadModelError):
         model_kernels(m, default_rules("onnxruntime"))
+
+
+class _Odd(torch.nn.Module):
+    """PReLU, instance norm, GELU (Erf), channel max/mean (CBAM), bilinear upsampling, layer norm."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.p1 = nn.Conv2d(3, 8, 3, 2, 1), nn.PReLU(8)
+        self.n, self.g = nn.InstanceNorm2d(8, affine=True), nn.GELU()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.ln = nn.LayerNorm(width)   # over the input's (and output's) width
+
+    def forward(self, x):
+        a = self.g(self.n(self.p1(self.c1(x))))
+        att = torch.sigmoid(a.mean(1, keepdim=True) + a.amax(1, keepdim=True))
+        return self.ln(torch.maximum(self.up(a * att), self.up(a)))
+
+
+def test_operators_without_a_neutral_op_get_kernels_of_their_own():
+    """PRelu, norms, reductions, Erf, Max and Resize are kernels named after them (never priced as
+    another op, never fused into a conv), and a spatial ReduceMean is still global pooling."""
+    keys = model_kernels(_Odd().eval(), default_rules("onnxruntime"), input_shape=(1, 3, 32, 32)).keys
+    assert "conv_i32x32x3_o16x16x8_k3_s2_g1_p2" in keys            # PRelu not fused into the conv
+    for k in ("prelu_i16x16x8_o16x16x8", "instnorm_i16x16x8_o16x16x8", "erf_i16x16x8_o16x16x8",
+              "reducemean_i16x16x8_o16x16x1", "reducemax_i16x16x8_o16x16x1", "resize_i16x16x8_o32x32x8_r1",
+              "max_i32x32x8+32x32x8_o32x32x8", "layernorm_i32x32x8_o32x32x8"):
+        assert k in keys, k
+    gap = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.AdaptiveAvgPool2d(1))
+    assert "gap_i8x8x4_o1x1x4" in model_kernels(gap, default_rules("onnxruntime"), input_shape=(1, 3, 8, 8)).keys
+
+
+@pytest.mark.parametrize("key,ref", [
+    ("prelu_i6x6x4_o6x6x4", lambda x: np.where(x > 0, x, 0.25 * x)),
+    ("reducemax_i6x6x4_o6x6x1", lambda x: x.max(1, keepdims=True)),
+    ("reducemean_i5x8_o8", lambda x: x.mean(1)),
+    ("reducesum_i6x6x4_o1x1x4", lambda x: x.sum((2, 3), keepdims=True)),
+    ("erf_i6x6x4_o6x6x4", None), ("exp_i10_o10", lambda x: np.exp(x)),
+    ("instnorm_i6x6x4_o6x6x4", lambda x: (x - x.mean((2, 3), keepdims=True)) / np.sqrt(x.var((2, 3), keepdims=True) + 1e-5)),
+    ("layernorm_i5x8_o5x8", lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)),
+    ("resize_i3x3x2_o6x6x2_r0", lambda x: x.repeat(2, 2).repeat(2, 3)),
+    ("resize_i3x3x2_o6x6x2_r1", None),
+])
+def test_kernels_of_their_own_build_and_compute_the_op(key, ref):
+    import onnxruntime as ort
+
+    from hwlat.kernel_onnx import kernel_model, random_inputs
+    from hwlat.kernels import parse_key
+
+    m = kernel_model(key)
+    onnx.checker.check_model(m, full_check=True)
+    feeds = random_inputs(m)
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    k = parse_key(key)
+    assert y.shape == (1,) + ((k.output[-1],) + tuple(k.output[:-1]) if len(k.output) == 3 else tuple(k.output))
+    if ref is not None:
+        np.testing.assert_allclose(y, ref(next(iter(feeds.values()))), rtol=1e-4, atol=1e-5)

@@ -399,3 +399,11 @@ def test_layout_from_profile_takes_the_profilers_own_cost_off():
     assert lay == pytest.approx(0.012 - 3 * 0.0055 / 4)
     assert 0.0175 - lay > 0.011 - 0.0055 / 4 - 1e-9      # the kernel keeps its profiled time
     assert layout_from_profile(0.01, 0.02, 0.2, 3, 4) == 0.0
+
+
+def test_a_batched_reshape_is_priced_as_the_view_the_device_measured(small_device):
+    """A token-wise Linear flattens (196, 64) tokens into a batch of 196: the reshape is a view, one
+    dispatch at any batch, never extrapolated along a batch the regressors never saw."""
+    p = hwlat.load_predictor("pred-dev", lut_dir=small_device[0])
+    (batched, plain), _, _ = p.kernel_latencies(["reshape_i196x64_o64_b196", "reshape_i196x64_o64"])
+    assert batched == plain and plain < 0.05

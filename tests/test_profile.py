@@ -165,3 +165,22 @@ def test_calibration_network_gets_more_passes_only_when_its_passes_disagree(hwla
     for ms in (6.3, 6.2, 6.1):
         job._more_passes("spell", ms)
     assert [p for p, n in job.arch_queue if n == "spell"] == [3, 4][:ARCH_EXTRA_PASSES]
+
+
+def test_models_with_operators_of_their_own_are_profiled_and_predicted(hwlat_home, tmp_path):
+    """A model with PRelu, instance norm, Erf, channel reductions and bilinear upsampling: its own
+    kernels are measured by --models, so the prediction is made of LUT hits and lands near the
+    measured latency (priced as elementwise ops instead, Resize and PRelu were 7-15x too cheap)."""
+    from hwlat.zoo import export_module
+    from tests.test_ir import _Odd
+
+    models = tmp_path / "models"
+    models.mkdir()
+    path = export_module(_Odd(96).eval(), (1, 3, 96, 96), models / "odd.onnx")
+    dev = _profile("dev-odd", hwlat_home, models=str(models), prior=30)
+    assert dev.summary["errors"] == 0
+    b = hwlat.load_predictor("dev-odd", lut_dir=hwlat_home / "devices").breakdown(path)
+    own = [k for k in b["kernels"] if k["key"].split("_")[0] in ("prelu", "instnorm", "erf", "resize", "reducemax")]
+    assert len(own) >= 5 and all(k["source"] == "lut" for k in b["kernels"])
+    measured = hwlat.measure(path, backend="onnxruntime", threads=1, passes=2).median_ms
+    assert 0.6 < b["latency_ms"] / measured < 1.6
