@@ -270,7 +270,8 @@ _SIMPLE = {
 # regressors estimate the ones a device never measured. Their costs differ too much to price one
 # as another (measured on ONNX Runtime, one thread: a bilinear Resize to 112x112x64 1.18 ms, a
 # PRelu on 112x112x32 0.72 ms, a channel ReduceMax at 56x56x64 0.11 ms; a multiply by a constant
-# of the same sizes 0.10, 0.10 and 0.03 ms).
+# of the same sizes 0.10, 0.10 and 0.03 ms). A transposed convolution (``convt``) keeps its kernel
+# size, stride and groups; the output shape gives the rest.
 UNARY_OPS = ("Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Softplus", "Softsign", "Elu", "Selu",
              "Celu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign")
 BINARY_OPS = ("Max", "Min")
@@ -294,6 +295,12 @@ def _own_kernel(g: Graph, n, ins: list) -> tuple[str, dict] | None:
         return "instnorm", {}
     if t == "LayerNormalization":
         return "layernorm", {}
+    if t == "ConvTranspose":
+        ks = _attr(n, "kernel_shape") or list(g.shape(n.input[1])[2:])
+        attrs = {"k": int(ks[0]), "s": int((_attr(n, "strides") or [1])[0]), "g": int(_attr(n, "group", 1))}
+        if len(ks) > 1 and ks[1] != ks[0]:
+            attrs["kw"] = int(ks[1])
+        return "convt", attrs
     if t in ("Resize", "Upsample"):
         mode = _attr(n, "mode", b"nearest")
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
@@ -356,7 +363,7 @@ def graph_ops(g: Graph) -> list[Op]:
             op, attrs = _own_kernel(g, n, ins)
         else:
             raise UnsupportedOpError(t, name)
-        if not ins and op not in ("conv", "gemm"):
+        if not ins and op not in ("conv", "gemm", "convt"):
             continue  # a constant subgraph left over: runs once at load
         ops.append(Op(name, op, ins, out, attrs, t))
     return ops
@@ -436,7 +443,12 @@ def detect_kernels(model, rules: FusionRules, *, input_shape=None, name: str = "
         if b != 1:
             attrs["b"] = b
         attrs = {k: v for k, v in attrs.items() if not (k == "d" and v == 1)}
-        kern = Kernel(op_chain, tuple(_hwc(g.shape(i)) for i in inputs), _hwc(out_shape), tuple(attrs.items()))
+        hwc = _hwc
+        if op_chain.split("-")[0] in ("conv", "convt") and len(out_shape) == 3:
+            # a 1-D convolution over (N, C, L) is the 2-D one over a 1 x L image with a 1 x k kernel
+            hwc = lambda s: (1, int(s[2]), int(s[1])) if len(s) == 3 else _hwc(s)  # noqa: E731
+            attrs["kw"], attrs["k"] = attrs.get("k", 1), 1
+        kern = Kernel(op_chain, tuple(hwc(g.shape(i)) for i in inputs), hwc(out_shape), tuple(attrs.items()))
         kernels.append(KernelInstance(kern, [m.name for m in members]))
         assigned.update(m.name for m in members)
 

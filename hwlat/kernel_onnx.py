@@ -239,6 +239,16 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         c = in_shapes[0][-1]
         y = G.node("LayerNormalization", [x, G.const(np.ones(c, np.float32), "scale"),
                                           G.const(np.zeros(c, np.float32), "bias")], axis=-1, epsilon=1e-5)
+    elif base == "convt":
+        (hin, win, cin), (hout, wout, cout) = k.inputs[0], k.output
+        ks, st, g = k.attr("k", 1), k.attr("s", 1), k.attr("g", 1)
+        kw = k.attr("kw", ks)
+        w = G.weight((cin, cout // g, ks, kw), cin * ks * kw // g)
+        # output_shape fixes the output size; the runtime derives the padding from it
+        y = G.node("ConvTranspose", [x, w, G.const(np.zeros(cout, np.float32), "b")], kernel_shape=[ks, kw],
+                   strides=[st, st], group=g, output_shape=[hout, wout])
+        for r in rest:
+            y = G.act(r, y)
     elif base == "resize":
         mode = RESIZE_MODES[k.attr("r", 1)]
         y = G.node("Resize", [x, "", "", G.const(np.array(out_nchw, np.int64), "sizes")], mode=mode,

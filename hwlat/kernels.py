@@ -182,8 +182,13 @@ def flops(k: Kernel) -> float:
         cin = k.inputs[0][-1]
         g = k.attr("g", 1)
         ks = k.attr("k", 1)
-        f = 2.0 * out * (cin // max(g, 1)) * ks * ks
+        f = 2.0 * out * (cin // max(g, 1)) * ks * k.attr("kw", ks)
         return b * (f + out * len(k.fused))
+    if base == "convt":
+        # every input pixel scatters a k x k x (cout / g) patch per input channel of its group
+        cin, cout = k.inputs[0][-1], k.output[-1]
+        g, ks = k.attr("g", 1), k.attr("k", 1)
+        return b * (2.0 * numel(k.inputs[0]) * (cout // max(g, 1)) * ks * k.attr("kw", ks) + out * len(k.fused))
     if base == "gemm":
         return b * (2.0 * numel(k.inputs[0]) * k.output[-1] + out * len(k.fused))
     if base == "se":
@@ -201,7 +206,11 @@ def param_count(k: Kernel) -> int:
     if base == "conv":
         cin, cout = k.inputs[0][-1], k.output[-1]
         g, ks = k.attr("g", 1), k.attr("k", 1)
-        return cout * (cin // max(g, 1)) * ks * ks + cout
+        return cout * (cin // max(g, 1)) * ks * k.attr("kw", ks) + cout
+    if base == "convt":
+        cin, cout = k.inputs[0][-1], k.output[-1]
+        g, ks = k.attr("g", 1), k.attr("k", 1)
+        return cin * (cout // max(g, 1)) * ks * k.attr("kw", ks) + cout
     if base == "gemm":
         return numel(k.inputs[0]) * k.output[-1] + k.output[-1]
     if base == "se":

@@ -129,3 +129,47 @@ def test_kernels_of_their_own_build_and_compute_the_op(key, ref):
     assert y.shape == (1,) + ((k.output[-1],) + tuple(k.output[:-1]) if len(k.output) == 3 else tuple(k.output))
     if ref is not None:
         np.testing.assert_allclose(y, ref(next(iter(feeds.values()))), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [(16, 8, 2, 2, 0, 0, 1), (16, 8, 3, 2, 1, 1, 1), (16, 16, 4, 2, 1, 0, 4)])
+def test_transposed_convolutions_are_kernels_that_compute_what_torch_does(layer):
+    """ConvTranspose (UNet/GAN upsampling) is a ``convt`` kernel: its key keeps kernel size,
+    stride and groups, its FLOPs count every scattered patch, and the single-kernel model built from
+    the key alone computes the layer torch exported (padding re-derived from the output size)."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from hwlat.kernel_onnx import kernel_model, random_inputs
+    from hwlat.kernels import flops, parse_key
+
+    cin, cout, ks, s, p, op, g = layer
+    m = torch.nn.ConvTranspose2d(cin, cout, ks, s, p, output_padding=op, groups=g).eval()
+    key = model_kernels(torch.nn.Sequential(m), default_rules("onnxruntime"), input_shape=(1, cin, 10, 10)).keys[0]
+    assert key == f"convt_i10x10x{cin}_o20x20x{cout}_k{ks}_s{s}_g{g}"
+    assert flops(parse_key(key)) == 2 * 10 * 10 * cin * (cout // g) * ks * ks
+    km = kernel_model(key)
+    feeds = random_inputs(km)
+    y = ort.InferenceSession(km.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    w = next(numpy_helper.to_array(i) for i in km.graph.initializer if len(i.dims) == 4)
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(w.copy()))
+        m.bias.zero_()
+        ref = m(torch.from_numpy(next(iter(feeds.values())).copy())).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_1d_convolution_is_the_2d_one_over_a_1_x_l_image():
+    """Conv1d over (N, C, L): the key is the 2-D conv over 1 x L with a 1 x k kernel, whose FLOPs are
+    the 1-D layer's, and the kernel built from it runs (it was keyed as a k x k conv, 18x the work)."""
+    import onnxruntime as ort
+
+    from hwlat.kernel_onnx import kernel_model, random_inputs
+    from hwlat.kernels import flops, parse_key
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(8, 32, 5, stride=2, padding=2), torch.nn.Tanh()).eval()
+    key = model_kernels(net, default_rules("onnxruntime"), input_shape=(1, 8, 100)).keys[0]
+    assert key == "conv-tanh_i1x100x8_o1x50x32_k1_s2_g1_kw5"
+    assert flops(parse_key(key)) == 2 * 50 * 32 * 8 * 5 + 50 * 32
+    km = kernel_model(key)
+    y = ort.InferenceSession(km.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, random_inputs(km))[0]
+    assert y.shape == (1, 32, 1, 50)
