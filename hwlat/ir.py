@@ -301,6 +301,10 @@ def _own_kernel(g: Graph, n, ins: list) -> tuple[str, dict] | None:
         if len(ks) > 1 and ks[1] != ks[0]:
             attrs["kw"] = int(ks[1])
         return "convt", attrs
+    if t in ("DepthToSpace", "SpaceToDepth"):      # PixelShuffle / space-to-depth stems
+        mode = _attr(n, "mode", b"DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        return t.lower(), {"s": int(_attr(n, "blocksize", 2)), **({"r": 1} if mode == "CRD" else {})}
     if t in ("Resize", "Upsample"):
         mode = _attr(n, "mode", b"nearest")
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)

@@ -205,6 +205,10 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
                              G.const(np.array([out_nchw[axis]], np.int64), "en"),
                              G.const(np.array([axis], np.int64), "ax")])
     elif base == "reshape":
+        # a view. A batched token reshape's key cannot give both sides their true batch: where the
+        # sizes disagree it is flattened, which costs what any reshape of that input costs
+        if int(np.prod(out_nchw)) != int(np.prod(in_shapes[0])):
+            out_nchw = [int(np.prod(in_shapes[0]))]
         y = G.node("Reshape", [x, G.const(np.array(out_nchw, np.int64), "shape")])
     elif base == "transpose":
         perm = [0, 1, 3, 2] if len(in_shapes[0]) == 4 else list(range(len(in_shapes[0])))[::-1]
@@ -249,6 +253,9 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
                    strides=[st, st], group=g, output_shape=[hout, wout])
         for r in rest:
             y = G.act(r, y)
+    elif base in ("depthtospace", "spacetodepth"):
+        kw = {"mode": ("DCR", "CRD")[k.attr("r", 0)]} if base == "depthtospace" else {}
+        y = G.node("DepthToSpace" if base == "depthtospace" else "SpaceToDepth", [x], blocksize=k.attr("s", 2), **kw)
     elif base == "resize":
         mode = RESIZE_MODES[k.attr("r", 1)]
         y = G.node("Resize", [x, "", "", G.const(np.array(out_nchw, np.int64), "sizes")], mode=mode,

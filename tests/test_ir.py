@@ -114,6 +114,7 @@ def test_operators_without_a_neutral_op_get_kernels_of_their_own():
     ("layernorm_i5x8_o5x8", lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)),
     ("resize_i3x3x2_o6x6x2_r0", lambda x: x.repeat(2, 2).repeat(2, 3)),
     ("resize_i3x3x2_o6x6x2_r1", None),
+    ("depthtospace_i6x6x16_o12x12x4_s2_r1", None), ("spacetodepth_i6x6x4_o3x3x16_s2", None),
 ])
 def test_kernels_of_their_own_build_and_compute_the_op(key, ref):
     import onnxruntime as ort
