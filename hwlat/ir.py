@@ -359,6 +359,8 @@ def graph_ops(g: Graph) -> list[Op]:
             op = "add" if len(ins) >= 2 else "addc"
         elif t in ("Sub", "Div"):
             op = "addc" if len(ins) == 1 else "mul"
+        elif t == "MatMul" and len(ins) >= 2:
+            op = "matmul"       # two activations (attention's Q K^T and A V): no weights
         elif t in _SIMPLE:
             op = _SIMPLE[t]
         elif t == "ReduceMean" and _spatial_mean(g, n):

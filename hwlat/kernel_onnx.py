@@ -145,6 +145,10 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         y = G.node("Gemm", [x, G.weight((cout, cin), cin), G.const(np.zeros(cout, np.float32), "b")], transB=1)
         for r in rest:
             y = G.act(r, y)
+    elif base == "matmul":
+        y = G.node("MatMul", [x, in_names[1]])
+        for r in rest:
+            y = G.act(r, y)
     elif base in ("add", "mul"):
         y = G.node("Add" if base == "add" else "Mul", [x, in_names[1]])
         for r in rest:

@@ -191,6 +191,10 @@ def flops(k: Kernel) -> float:
         return b * (2.0 * numel(k.inputs[0]) * (cout // max(g, 1)) * ks * k.attr("kw", ks) + out * len(k.fused))
     if base == "gemm":
         return b * (2.0 * numel(k.inputs[0]) * k.output[-1] + out * len(k.fused))
+    if base == "matmul" and len(k.inputs) >= 2:
+        # (M, K) @ (K, N), or per head: (heads, M, K) is keyed (M, K, heads) like a CHW tensor
+        n_out = k.output[1] if len(k.output) == 3 else k.output[-1]
+        return b * (2.0 * numel(k.inputs[0]) * n_out + out * len(k.fused))
     if base == "se":
         c = k.inputs[0][-1]
         m = k.attr("m", 1)

@@ -174,3 +174,26 @@ def test_a_1d_convolution_is_the_2d_one_over_a_1_x_l_image():
     km = kernel_model(key)
     y = ort.InferenceSession(km.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, random_inputs(km))[0]
     assert y.shape == (1, 32, 1, 50)
+
+
+@pytest.mark.parametrize("shape", [(1, 49, 32), (1, 4, 49, 32)])
+def test_attention_matmuls_of_two_activations_are_matmul_kernels(shape):
+    """Q K^T and A V multiply two activations: ``matmul`` kernels (one per head batch), with the
+    FLOPs of the product, built as a MatMul of two inputs (a Gemm with weights cannot run them)."""
+    import onnxruntime as ort
+
+    from hwlat.kernel_onnx import kernel_model, random_inputs
+    from hwlat.kernels import flops, parse_key
+
+    class Att(torch.nn.Module):
+        def forward(self, q):
+            return torch.softmax(q @ q.transpose(-1, -2), -1) @ q
+
+    keys = [k for k in model_kernels(Att().eval(), default_rules("onnxruntime"), input_shape=shape).keys
+            if k.startswith("matmul")]
+    heads = shape[1] if len(shape) == 4 else 1
+    assert len(keys) == 2 and all(flops(parse_key(k)) == 2 * 49 * 32 * 49 * heads for k in keys)
+    for k in keys:
+        km = kernel_model(k)
+        y = ort.InferenceSession(km.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, random_inputs(km))[0]
+        assert y.size == 49 * (49 if "o49x49" in k else 32) * heads
