@@ -242,14 +242,23 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = Fa
 # each, measured on a 10-minute ONNX Runtime profile), spending the budget where no model lives.
 MAX_TENSOR_ELEMENTS = 4_000_000
 MAX_NEIGHBOUR_MFLOPS = 800.0
+MAX_ODD_CHANNEL_ELEMENTS = 2 ** 18
 
 
 def realistic(k: Kernel) -> bool:
-    """Whether a kernel lies within the envelope of shapes real networks use (see above)."""
+    """Whether a kernel lies within the envelope of shapes real networks use (see above). Odd
+    channel counts beyond 16 live only in small tensors (DenseNet-BC's 105 and 189 channels at
+    14x14 and 7x7; ShuffleNet's 58/116/232 and Ghost modules' halves are even): at large sizes the
+    prior's odd ones (255, 607) run the runtimes' slow unblocked paths, are the regressors' worst
+    predictions, and drew 46% of the adaptive rounds' measuring time to shapes like a 7x7
+    depthwise conv over 80x80x607 (39.7 ms; measured on a 10-minute ONNX Runtime profile)."""
     from hwlat.kernels import flops, numel
 
-    return (flops(k) <= MAX_NEIGHBOUR_MFLOPS * 1e6
-            and max(numel(s) for s in tuple(k.inputs) + (k.output,)) <= MAX_TENSOR_ELEMENTS)
+    tensors = tuple(k.inputs) + (k.output,)
+    biggest = max(numel(s) for s in tensors)
+    odd = any(s and s[-1] > 16 and s[-1] % 2 for s in tensors)
+    return (flops(k) <= MAX_NEIGHBOUR_MFLOPS * 1e6 and biggest <= MAX_TENSOR_ELEMENTS
+            and not (odd and biggest > MAX_ODD_CHANNEL_ELEMENTS))
 
 
 def neighbours(key: str, seed: int = 0) -> list[str]:

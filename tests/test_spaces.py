@@ -317,3 +317,17 @@ def test_adaptive_neighbours_stay_within_real_network_shapes():
     assert not realistic(parse_key("avgpool_i160x160x552_o159x159x552_k2_s1"))
     big = "conv_i56x56x512_o56x56x512_k3_s1_g1"             # 14.8 GFLOP: beyond every network layer
     assert flops(parse_key(big)) > 800e6 and all(flops(parse_key(n)) <= 800e6 for n in neighbours(big))
+
+
+def test_odd_channels_are_realistic_only_in_small_tensors():
+    """DenseNet-BC's odd channel counts live at 14x14 and 7x7; a 7x7 depthwise conv over 80x80x607
+    (39.7 ms on the slow unblocked path) is no network's, and the adaptive rounds never walk there."""
+    from hwlat.kernels import parse_key
+    from hwlat.profilers.sampling import neighbours, realistic
+
+    assert realistic(parse_key("conv-relu_i14x14x210_o14x14x105_k1_s1_g1"))
+    assert realistic(parse_key("conv_i56x56x58_o56x56x58_k3_s1_g58"))
+    assert not realistic(parse_key("conv-hsigmoid_i80x80x607_o80x80x607_k7_s1_g607"))
+    near = neighbours("conv-hsigmoid_i56x56x607_o56x56x607_k7_s1_g607")
+    assert near and all(realistic(parse_key(n)) for n in near)
+    assert not any("x607_" in n and "i80x80" in n for n in near)
