@@ -287,6 +287,8 @@ def _own_kernel(g: Graph, n, ins: list) -> tuple[str, dict] | None:
         return t.lower(), {}
     if t in BINARY_OPS and len(ins) >= 2:
         return t.lower(), {}
+    if t == "Pow" and len(ins) == 1:       # x ** c (GELU's tanh form, decomposed norms)
+        return "pow", {}
     if t == "PRelu":
         return "prelu", {}
     if t in REDUCE_OPS:

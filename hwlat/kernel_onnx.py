@@ -227,6 +227,8 @@ def kernel_model(kernel: Kernel | str, seed: int = 0) -> onnx.ModelProto:
         y = G.node("Softmax", [x], axis=-1)
     elif base in _UNARY:
         y = G.node(_UNARY[base], [x])
+    elif base == "pow":
+        y = G.node("Pow", [x, G.const(np.array(3.0, np.float32), "exp")])
     elif base in ("max", "min"):
         y = G.node(base.capitalize(), [x, in_names[1]])
     elif base == "prelu":

@@ -109,7 +109,7 @@ def test_operators_without_a_neutral_op_get_kernels_of_their_own():
     ("reducemax_i6x6x4_o6x6x1", lambda x: x.max(1, keepdims=True)),
     ("reducemean_i5x8_o8", lambda x: x.mean(1)),
     ("reducesum_i6x6x4_o1x1x4", lambda x: x.sum((2, 3), keepdims=True)),
-    ("erf_i6x6x4_o6x6x4", None), ("exp_i10_o10", lambda x: np.exp(x)),
+    ("erf_i6x6x4_o6x6x4", None), ("exp_i10_o10", lambda x: np.exp(x)), ("pow_i6x6x4_o6x6x4", lambda x: x ** 3),
     ("instnorm_i6x6x4_o6x6x4", lambda x: (x - x.mean((2, 3), keepdims=True)) / np.sqrt(x.var((2, 3), keepdims=True) + 1e-5)),
     ("layernorm_i5x8_o5x8", lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)),
     ("resize_i3x3x2_o6x6x2_r0", lambda x: x.repeat(2, 2).repeat(2, 3)),
