@@ -243,6 +243,12 @@ def _attr(node, name, default=None):
     return default
 
 
+def _str_attr(node, name, default: str) -> str:
+    """A string attribute (ONNX stores them as bytes)."""
+    v = _attr(node, name, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def _clip_bounds(g: Graph, node) -> tuple[float | None, float | None]:
     lo, hi = _attr(node, "min"), _attr(node, "max")
     if len(node.input) > 1 and node.input[1]:
@@ -304,12 +310,10 @@ def _own_kernel(g: Graph, n, ins: list) -> tuple[str, dict] | None:
             attrs["kw"] = int(ks[1])
         return "convt", attrs
     if t in ("DepthToSpace", "SpaceToDepth"):      # PixelShuffle / space-to-depth stems
-        mode = _attr(n, "mode", b"DCR")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-        return t.lower(), {"s": int(_attr(n, "blocksize", 2)), **({"r": 1} if mode == "CRD" else {})}
+        crd = _str_attr(n, "mode", "DCR") == "CRD"
+        return t.lower(), {"s": int(_attr(n, "blocksize", 2)), **({"r": 1} if crd else {})}
     if t in ("Resize", "Upsample"):
-        mode = _attr(n, "mode", b"nearest")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        mode = _str_attr(n, "mode", "nearest")
         return "resize", {"r": RESIZE_MODES.index(mode) if mode in RESIZE_MODES else 1}
     return None
 
@@ -367,8 +371,8 @@ def graph_ops(g: Graph) -> list[Op]:
             op = _SIMPLE[t]
         elif t == "ReduceMean" and _spatial_mean(g, n):
             op = "gap"
-        elif _own_kernel(g, n, ins) is not None:
-            op, attrs = _own_kernel(g, n, ins)
+        elif (own := _own_kernel(g, n, ins)) is not None:
+            op, attrs = own
         else:
             raise UnsupportedOpError(t, name)
         if not ins and op not in ("conv", "gemm", "convt"):
@@ -390,9 +394,7 @@ def _spatial_mean(g: Graph, n) -> bool:
 def _pad_attr(g: Graph, n, attrs: dict) -> None:
     """Record the model's padding (``p``) where it is not the "same" padding a kernel built from the
     key would get (see :func:`hwlat.kernels.pad_attr`)."""
-    auto = _attr(n, "auto_pad", b"NOTSET")
-    if isinstance(auto, bytes):
-        auto = auto.decode()
+    auto = _str_attr(n, "auto_pad", "NOTSET")
     pads = _attr(n, "pads")
     if auto != "NOTSET" or not pads or len(pads) != 4:
         return

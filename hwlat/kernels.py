@@ -186,8 +186,7 @@ def flops(k: Kernel) -> float:
         return b * (f + out * len(k.fused))
     if base == "convt":
         # every input pixel scatters a k x k x (cout / g) patch per input channel of its group
-        cin, cout = k.inputs[0][-1], k.output[-1]
-        g, ks = k.attr("g", 1), k.attr("k", 1)
+        cout, g, ks = k.output[-1], k.attr("g", 1), k.attr("k", 1)
         return b * (2.0 * numel(k.inputs[0]) * (cout // max(g, 1)) * ks * k.attr("kw", ks) + out * len(k.fused))
     if base == "gemm":
         return b * (2.0 * numel(k.inputs[0]) * k.output[-1] + out * len(k.fused))

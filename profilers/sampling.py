@@ -250,7 +250,7 @@ def realistic(k: Kernel) -> bool:
     channel counts beyond 16 live only in small tensors (DenseNet-BC's 105 and 189 channels at
     14x14 and 7x7; ShuffleNet's 58/116/232 and Ghost modules' halves are even): at large sizes the
     prior's odd ones (255, 607) run the runtimes' slow unblocked paths, are the regressors' worst
-    predictions, and drew 46% of the adaptive rounds' measuring time to shapes like a 7x7
+    predictions, and drew 44% of the adaptive rounds' measuring time to shapes like a 7x7
     depthwise conv over 80x80x607 (39.7 ms; measured on a 10-minute ONNX Runtime profile)."""
     from hwlat.kernels import flops, numel
 
