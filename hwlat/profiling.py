@@ -36,6 +36,7 @@ OVERHEAD_KEY = "relu_i1x1x8_o1x1x8"
 CHUNK = 120
 CHECKPOINT_S = 120.0     # how often the error curve gets a point
 SLOW_SPELL = 1.12        # a pass whose reference runs this much slower than usual is taken again
+ARCH_PASS_S = 1.0         # seconds one pass of a calibration network is given (measured: 0.2-0.5 s)
 ARCH_AGREE = 0.10        # a calibration network whose passes are further apart gets more passes
 ARCH_EXTRA_PASSES = 2    # at most this many
 
@@ -209,7 +210,8 @@ class Job:
                         break
                     self.summary.repeated_passes += 1
                     time.sleep(1.0)   # let a slow spell pass before taking the pass
-                self.measure_arch_step(1)
+                if not self.backend.models_after_kernels:
+                    self.measure_arch_step(1)
                 results = self._measure_iter(keys)
                 for r in results:
                     self.store.add_measurement(r.key, p, r.measurement, error=r.error, worker=r.worker,
@@ -399,6 +401,9 @@ class Job:
                 prog.update(task, description="building calibration architectures")
                 self.extra = []
                 self.prepare_archs()
+                if self.backend.models_after_kernels:
+                    # every pass of the calibration networks waits for the end: keep time for them
+                    self.reserve_s = max(self.reserve_s, min(0.25 * self.budget_s, ARCH_PASS_S * len(self.arch_queue)))
                 have = {k for k, _ in plan}
                 new = [k for k in self.cal_keys if k not in have]
                 if new:

@@ -108,6 +108,9 @@ class Backend(abc.ABC):
     # which of a kernel's passes the LUT keeps (hwlat.store.DeviceStore.lut): "min" where the
     # runtime's timing noise only adds time (slow spells of the host), else "median"
     pass_estimate: str = "median"
+    # are the whole calibration networks measured after the kernels rather than between their
+    # chunks? Where profiling itself changes how fast networks run (TVM: see TVMBackend)
+    models_after_kernels: bool = False
 
     @classmethod
     @abc.abstractmethod

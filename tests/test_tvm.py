@@ -215,6 +215,64 @@ def test_kernels_follow_relax_fusion():
     assert any(k.startswith("shuffle_") for k in ort_keys) and not any(k.startswith("concat-") for k in ort_keys)
 
 
+def _residual_onnx(residual_first: bool, downsample: bool):
+    """conv(x) + r written either way; with ``downsample`` the residual is a second conv computed
+    after the main branch (a ResNet block)."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(16, 16, 1)
+            self.conv = torch.nn.Conv2d(16, 16, 1)
+            self.down = torch.nn.Conv2d(16, 16, 1)
+
+        def forward(self, x):
+            y = self.conv(torch.relu(self.conv1(x)))
+            r = self.down(x) if downsample else x
+            return torch.relu(r + y if residual_first else y + r)
+
+    from hwlat.ir import load_onnx, torch_to_onnx
+
+    torch.manual_seed(0)
+    return load_onnx(torch_to_onnx(Block().eval(), (1, 16, 14, 14)), canonical=False)
+
+
+def test_residuals_written_either_way_are_one_tuning_workload():
+    """A tuning record is found by the TIR workload: ``r + conv(x)`` must compile to the same
+    workload as the profiled kernel ``conv(x) + r``, or the network runs some other schedule."""
+    import onnxruntime as ort
+    import tvm_ffi
+
+    from hwlat.profilers.tvm import tuning
+    from hwlat.profilers.tvm.builder import canonical_operands, prepare, to_relax
+    from hwlat.profilers.tvm.target import host_target
+
+    t = host_target(1)
+
+    def workloads(proto):
+        return {tvm_ffi.structural_hash(task.dispatched[0]["main"], map_free_vars=True)
+                for task in tuning.extract_tasks(prepare(to_relax(proto), t), t)}
+
+    kernel = workloads(kernel_model("conv-add-relu_i14x14x16+14x14x16_o14x14x16_k1_s1_g1"))
+    for downsample in (False, True):
+        a, b = (_residual_onnx(first, downsample) for first in (True, False))
+        assert a.graph.node[-2].input[:] != b.graph.node[-2].input[:]   # really written two ways
+        wa, wb = workloads(a), workloads(b)
+        assert wa == wb
+        assert kernel <= wa          # the conv + residual + relu kernel is one of the network's tasks
+        # the reordered graph computes the same (ORT's Conv+Add fusion depends on the order, so
+        # the last bits may differ)
+        x = np.random.default_rng(0).standard_normal((1, 16, 14, 14)).astype(np.float32)
+        for m in (a, b):
+            outs = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+                    .run(None, {p.graph.input[0].name: x})[0] for p in (m, canonical_operands(m))]
+            np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    # a graph already in order is returned as it is
+    b = _residual_onnx(False, False)
+    assert canonical_operands(b) is b
+
+
 def test_ops_run_counts_the_tir_functions_tvm_launches(backend, host_builds, tmp_path):
     """TVM reports what it runs (the TIR calls of the fused ``main``, kept with each build), so
     fusion detection can count rather than time: a fused activation adds no launch, an op that
