@@ -87,7 +87,7 @@ def main() -> None:
         c = pred.correction
         rows = [(n, fam[n], res[n], pred.predict(zoo_dir / f"{n}.onnx")) for n, _, _ in zoo if n in res]
         m = metrics([r[2] for r in rows], [r[3] for r in rows])
-        print(f"\n{src}: terms {c.terms} d={c.d_ms_per_mb:.4f} e={c.e_ms_per_mb:.4f} a={c.a:.3f} "
+        print(f"\n{src}: terms {c.terms} d={c.d_ms_per_mb:.4f} e={c.e_ms_per_mb:.4f} a={c.a:.3f} g={c.g_ms_per_mb2:.2e} "
               f"(LOO {c.rmspe_after:.3f} on {c.fitted_on})\n  ALL RMSPE {100 * m['rmspe']:.1f}%  ±5% "
               f"{100 * m['acc_5pct']:.0f}%  ±10% {100 * m['acc_10pct']:.1f}%  bias {m['bias']:.3f}")
         for f in sorted(set(fam.values())):

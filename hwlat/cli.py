@@ -97,7 +97,9 @@ def cmd_profile(args) -> int:
             + f"\nstore: {dev.path}"
             + (f"\nwhole-model correction '{corr.get('terms', '')}': a={corr.get('a', 1):.3f} "
                f"d={corr.get('d_ms_per_mb', 0):.4f}ms/weight-MB e={corr.get('e_ms_per_mb', 0):.4f}ms/activation-MB "
-               f"(RMSPE on calibration archs {100 * (corr.get('rmspe_before') or 0):.1f}% "
+               + (f"g={corr['g_ms_per_mb2'] * 1e3:.4f}ms/weight-MB per GB of weights (to {corr.get('g_cap_mb', 0):.0f} MB) "
+                  if corr.get("g_ms_per_mb2") else "")
+               + f"(RMSPE on calibration archs {100 * (corr.get('rmspe_before') or 0):.1f}% "
                f"-> {100 * (corr.get('rmspe_after') or 0):.1f}% leave-one-out)" if corr.get("fitted_on") else ""))
     curve = [c for c in s.get("curve", []) if "rmspe" in c]
     if curve:

@@ -106,6 +106,30 @@ def test_correction_recovers_known_terms():
     assert c3.a == 1.0 and "a" not in c3.terms and c3.rmspe_after < c3.rmspe_before
 
 
+def test_weight_price_that_grows_with_the_footprint_is_found_and_not_extrapolated():
+    """Weights priced 0.014 ms/MB plus 0.0002 ms/MB per MB of the network's footprint (as fitted
+    on an ONNX Runtime host): one price fits neither small nor large networks, the footprint term
+    does; beyond the largest calibration network the price per MB is held, not extrapolated."""
+    rng = np.random.default_rng(3)
+    fam = np.array(["ofa"] * 20 + ["fbnet"] * 10 + ["convnet"] * 10)
+    n = len(fam)
+    net = rng.uniform(2, 30, n)
+    mb = np.where(fam == "convnet", rng.uniform(5, 140, n), rng.uniform(2, 30, n))
+    amb = rng.uniform(20, 60, n)
+    y = (net + 0.014 * mb + 2e-4 * mb * mb) * (1 + rng.normal(0, 0.01, n))
+    cnt = np.full(n, 60.0)
+    c = fit_correction(net, cnt, y, 0.0, mb, amb, groups=fam)
+    assert "g" in c.terms and c.d_ms_per_mb == pytest.approx(0.014, abs=0.004)
+    assert c.g_ms_per_mb2 == pytest.approx(2e-4, rel=0.25) and c.g_cap_mb == pytest.approx(mb.max())
+    assert c.rmspe_after < 0.02
+    big = float(c.apply(100.0, 60, 3 * mb.max(), 40.0))
+    per_mb_at_cap = c.d_ms_per_mb + c.g_ms_per_mb2 * mb.max()
+    assert big == pytest.approx(100.0 + per_mb_at_cap * 3 * mb.max() + c.e_ms_per_mb * 40.0, rel=1e-6)
+    # a single price where the data has one: no footprint term
+    y1 = (net + 0.03 * mb) * (1 + rng.normal(0, 0.01, n))
+    assert "g" not in fit_correction(net, cnt, y1, 0.0, mb, amb, groups=fam).terms
+
+
 def test_a_term_that_does_not_carry_to_a_left_out_family_is_not_kept():
     """Activations cost extra in two families only: leave-one-out on all networks keeps the
     activation term, leave-one-family-out shows it mispredicts the third family."""

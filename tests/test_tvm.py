@@ -273,6 +273,47 @@ def test_residuals_written_either_way_are_one_tuning_workload():
     assert canonical_operands(b) is b
 
 
+def test_pool_attributes_that_change_nothing_do_not_change_the_workload():
+    """SqueezeNet's ceil-mode max pools (79 -> 39, the floor gives the same) and DenseNet's
+    average pools with count_include_pad and no padding are the workloads of their kernels; a
+    ceil mode that adds an output row is kept."""
+    import onnxruntime as ort
+    import tvm_ffi
+    from onnx import TensorProto, helper
+
+    from hwlat.profilers.tvm import tuning
+    from hwlat.profilers.tvm.builder import canonical_pools, prepare, to_relax
+    from hwlat.profilers.tvm.target import host_target
+
+    t = host_target(1)
+
+    def pool(op, hw, **attrs):
+        node = helper.make_node(op, ["x"], ["y"], kernel_shape=[3, 3] if op == "MaxPool" else [2, 2],
+                                strides=[2, 2], **attrs)
+        g = helper.make_graph([node], "p", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    def workloads(proto):
+        return {tvm_ffi.structural_hash(task.dispatched[0]["main"], map_free_vars=True)
+                for task in tuning.extract_tasks(prepare(to_relax(proto), t), t)}
+
+    x = np.random.default_rng(0).standard_normal((1, 8, 80, 80)).astype(np.float32)
+    cases = [(pool("MaxPool", 79, ceil_mode=1), "maxpool_i79x79x8_o39x39x8_k3_s2", True),
+             (pool("AveragePool", 78, count_include_pad=1), "avgpool_i78x78x8_o39x39x8_k2_s2", True),
+             (pool("MaxPool", 80, ceil_mode=1), None, False)]        # 80 -> 40 with ceil, 39 with floor
+    for m, key, same in cases:
+        c = canonical_pools(m)
+        assert (c is not m) == same
+        if key:
+            assert workloads(m) == workloads(kernel_model(key))
+        hw = m.graph.input[0].type.tensor_type.shape.dim[3].dim_value
+        feed = {"x": np.ascontiguousarray(x[..., :hw, :hw])}
+        outs = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+                for p in (m, c)]
+        assert np.array_equal(outs[0], outs[1])
+
+
 def test_ops_run_counts_the_tir_functions_tvm_launches(backend, host_builds, tmp_path):
     """TVM reports what it runs (the TIR calls of the fused ``main``, kept with each build), so
     fusion detection can count rather than time: a fused activation adds no launch, an op that

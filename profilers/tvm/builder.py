@@ -94,10 +94,61 @@ def canonical_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    g = model.graph
+    if not g.value_info:
+        model = onnx.shape_inference.infer_shapes(model)
+        g = model.graph
+    out = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    return out
+
+
+def canonical_pools(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Pooling attributes that change nothing, dropped: ``ceil_mode`` where the floor gives the
+    same output size (SqueezeNet's 79 -> 39 max pools) and ``count_include_pad`` without padding
+    (DenseNet's transitions). Relax lowers them to another workload (a padded copy, another
+    divisor), so the network missed the record tuned for its kernel, which is built without them."""
+    pools = [(i, n) for i, n in enumerate(model.graph.node) if n.op_type in ("MaxPool", "AveragePool")]
+    if not pools:
+        return model
+    shapes = None
+    edits = []
+    for i, node in pools:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        drop = []
+        pads = list(attrs.get("pads", [])) or [0, 0, 0, 0]
+        if attrs.get("count_include_pad") and not any(pads):
+            drop.append("count_include_pad")
+        if attrs.get("ceil_mode") and not any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            shapes = _shapes(model) if shapes is None else shapes
+            hw = shapes.get(node.input[0], [])[2:]
+            k, st = attrs.get("kernel_shape", []), attrs.get("strides", [1] * len(hw))
+            if hw and all(h > 0 for h in hw) and len(k) == len(hw):
+                n = len(hw)
+                spans = [hw[j] + pads[j] + pads[j + n] - k[j] for j in range(n)]
+                if all(sp // st[j] == -(-sp // st[j]) for j, sp in enumerate(spans)):
+                    drop.append("ceil_mode")
+        if drop:
+            edits.append((i, drop))
+    if not edits:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, drop in edits:
+        node = out.graph.node[i]
+        keep = [a for a in node.attribute if a.name not in drop]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+    return out
+
+
 def to_relax(model: onnx.ModelProto):
     from tvm.relax.frontend.onnx import from_onnx
 
-    model = canonical_operands(model)
+    model = canonical_pools(canonical_operands(model))
     specs = input_specs(model)
     return from_onnx(model, shape_dict={s["name"]: s["shape"] for s in specs},
                      dtype_dict={s["name"]: s["dtype"] for s in specs}, keep_params_in_input=False)
