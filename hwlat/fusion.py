@@ -6,7 +6,9 @@ absorbs the next node when that node is ``op`` (e.g. ``relu``) and is the chain'
 pooling to its gating multiply; ``shuffle``: reshape-transpose-reshape channel shuffle).
 ``unfused_operands`` lists ``[op, producer]`` pairs: ``op`` (e.g. ``add``) is not absorbed when its
 other operand comes from ``producer`` (ORT fuses a residual add into its NCHWc convolution only
-when the other operand is in the blocked layout too, which a concat's output is not).
+when the other operand is in the blocked layout too, which a concat's output is not); a third
+element limits the pair to one chain (``[add, conv, concat]``: a concat does not take an add whose
+other operand is a convolution's, which takes it instead, as Relax fuses GhostNet's shortcuts).
 
 Defaults live in ``hwlat/fusion_rules/<backend>.json`` (or the backend's own folder); rules
 detected by measurement on a device are stored in its ``device.json`` and take precedence.
@@ -29,7 +31,8 @@ class FusionRules:
     unfused_operands: frozenset = field(default_factory=frozenset)    # {(op, producer)}
 
     def absorbs(self, chain: str, op: str, operand_from: str | None = None) -> bool:
-        if operand_from is not None and (op, operand_from) in self.unfused_operands:
+        if operand_from is not None and ((op, operand_from) in self.unfused_operands
+                                         or (op, operand_from, chain) in self.unfused_operands):
             return False
         return (chain, op) in self.fuse
 

@@ -273,6 +273,46 @@ def test_residuals_written_either_way_are_one_tuning_workload():
     assert canonical_operands(b) is b
 
 
+def test_a_ghost_shortcut_conv_takes_the_residual_add_as_relax_fuses_it():
+    """GhostNet: the add joins a concat (the ghost module) and a 1x1 shortcut conv. Relax fuses
+    the add into the conv; hwlat's TVM kernels must be that conv-add and a lone concat, and every
+    workload of the network one of its kernels' workloads."""
+    import torch
+    import tvm_ffi
+
+    from hwlat.fusion import default_rules
+    from hwlat.ir import load_onnx, model_kernels, torch_to_onnx
+    from hwlat.profilers.tvm import tuning
+    from hwlat.profilers.tvm.builder import prepare, to_relax
+    from hwlat.profilers.tvm.target import host_target
+
+    class Ghost(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.primary = torch.nn.Conv2d(8, 8, 1)
+            self.cheap = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.short = torch.nn.Conv2d(8, 16, 1)
+
+        def forward(self, x):
+            p = torch.relu(self.primary(x))
+            return torch.cat([p, self.cheap(p)], 1) + self.short(x)
+
+    proto = load_onnx(torch_to_onnx(Ghost().eval(), (1, 8, 14, 14)), canonical=False)
+    keys = model_kernels(proto, default_rules("tvm")).keys
+    assert any(k.startswith("conv-add_") for k in keys) and any(k.startswith("concat_") for k in keys)
+    assert not any(k.startswith("concat-add") for k in keys)
+    # ONNX Runtime runs the add alone (its blocked conv does not take a concat's output)
+    assert any(k.startswith("add_") for k in model_kernels(proto, default_rules("onnxruntime")).keys)
+    t = host_target(1)
+
+    def workloads(p):
+        return {tvm_ffi.structural_hash(task.dispatched[0]["main"], map_free_vars=True)
+                for task in tuning.extract_tasks(prepare(to_relax(p), t), t)}
+
+    mine = set().union(*(workloads(kernel_model(k)) for k in keys))
+    assert workloads(proto) <= mine
+
+
 def test_pool_attributes_that_change_nothing_do_not_change_the_workload():
     """SqueezeNet's ceil-mode max pools (79 -> 39, the floor gives the same) and DenseNet's
     average pools with count_include_pad and no padding are the workloads of their kernels; a

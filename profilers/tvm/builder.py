@@ -44,6 +44,9 @@ def input_specs(model: onnx.ModelProto) -> list[dict]:
 
 
 COMMUTATIVE = ("Add", "Mul", "Max", "Min")
+ANCHORS = ("Conv", "ConvTranspose", "Gemm", "MatMul")       # Relax's kOutEWiseFusable ops
+ELEMENTWISE = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Elu", "Selu",
+               "Add", "Mul", "Div", "Sub", "Neg", "Softplus", "Erf", "Abs", "Exp", "PRelu")
 
 
 def canonical_operands(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -56,10 +59,12 @@ def canonical_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     another network: measured on MobileNetV3-Small, the 7x7x432->72 projection with its residual
     took 269 us in the network against 48 us as the profiled kernel. The fused operand is the one
     whose producer feeds this op alone (an operand used elsewhere, like a block's input, stays
-    outside the kernel); of several such, the earliest produced (FuseOps walks the graph in order
-    and the first producer takes the op: a ResNet block's main branch, not its downsample).
-    Floating-point addition, multiplication, max and min commute exactly, so the reordered model
-    computes the same."""
+    outside the kernel); of several such, one that a convolution or matrix product heads (through
+    elementwise ops) before one that a concat or another injective op does (GhostNet's shortcut
+    conv takes the add from the concat), and the earliest produced among equals (FuseOps walks the
+    graph in order and the first producer takes the op: a ResNet block's main branch, not its
+    downsample). Floating-point addition, multiplication, max and min commute exactly, so the
+    reordered model computes the same."""
     g = model.graph
     produced = {}
     for n, node in enumerate(g.node):
@@ -72,6 +77,22 @@ def canonical_operands(model: onnx.ModelProto) -> onnx.ModelProto:
             uses[v] = uses.get(v, 0) + 1
     for o in g.output:
         uses[o.name] = uses.get(o.name, 0) + 1
+    def anchored(v: str) -> bool:
+        """Is ``v`` the end of a chain a convolution or matrix product heads?"""
+        for _ in range(8):
+            if v not in produced:
+                return False
+            node = g.node[produced[v]]
+            if node.op_type in ANCHORS:
+                return True
+            if node.op_type not in ELEMENTWISE:
+                return False
+            ins = [x for x in node.input if x in produced]
+            if len(ins) != 1 or uses.get(ins[0]) != 1:
+                return False
+            v = ins[0]
+        return False
+
     order = []
     for i, node in enumerate(g.node):
         if node.op_type not in COMMUTATIVE or len(node.input) != 2 or not all(node.input):
@@ -79,7 +100,7 @@ def canonical_operands(model: onnx.ModelProto) -> onnx.ModelProto:
         fusable = [v for v in node.input if v in produced and uses.get(v) == 1]
         if not fusable:
             continue
-        first = min(fusable, key=lambda v: produced[v])
+        first = min(fusable, key=lambda v: (not anchored(v), produced[v]))
         if node.input[0] != first:
             rest = list(node.input)
             rest.remove(first)
