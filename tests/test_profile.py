@@ -81,6 +81,26 @@ def test_models_only_profile_calibrates_on_other_networks(hwlat_home, tiny_onnx,
     assert dev.summary["fit"]["correction"]["fitted_on"] == consistent
 
 
+@pytest.mark.parametrize("after", [False, True])
+def test_calibration_networks_between_chunks_or_after_the_kernels(hwlat_home, tiny_onnx, tmp_path, monkeypatch,
+                                                                   after):
+    """Calibration networks are measured between kernel chunks (the host's state shared), or
+    all after the kernels where the backend says profiling changes how fast networks run (TVM,
+    whose networks ran 10-25% slower while kernels were still being tuned)."""
+    from hwlat.profilers.onnxruntime.loader import OnnxRuntimeBackend
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "models_after_kernels", after)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.onnx").write_bytes(tiny_onnx.read_bytes())
+    _profile(f"dev-order-{after}", hwlat_home, models=str(models), prior=40, arch_samples=2)
+    with sqlite3.connect(hwlat_home / "devices" / f"dev-order-{after}" / "measurements.sqlite") as c:
+        last_kernel = c.execute("SELECT max(ts) FROM measurements").fetchone()[0]
+        nets = [r[0] for r in c.execute("SELECT ts FROM models")]
+    assert nets and last_kernel
+    assert all(t >= last_kernel for t in nets) == after
+
+
 def test_unknown_space_and_bad_budget_write_nothing(hwlat_home):
     with pytest.raises(HwlatError, match="unknown search space"):
         _profile("dev-b", hwlat_home, spaces=["nope"])
