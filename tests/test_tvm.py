@@ -215,6 +215,19 @@ def test_kernels_follow_relax_fusion():
     assert any(k.startswith("shuffle_") for k in ort_keys) and not any(k.startswith("concat-") for k in ort_keys)
 
 
+def _workloads(proto) -> set:
+    """The structural hashes of the TIR workloads (tuning tasks) ``proto`` compiles to on the host."""
+    import tvm_ffi
+
+    from hwlat.profilers.tvm import tuning
+    from hwlat.profilers.tvm.builder import prepare, to_relax
+    from hwlat.profilers.tvm.target import host_target
+
+    t = host_target(1)
+    return {tvm_ffi.structural_hash(task.dispatched[0]["main"], map_free_vars=True)
+            for task in tuning.extract_tasks(prepare(to_relax(proto), t), t)}
+
+
 def _residual_onnx(residual_first: bool, downsample: bool):
     """conv(x) + r written either way; with ``downsample`` the residual is a second conv computed
     after the main branch (a ResNet block)."""
@@ -242,23 +255,14 @@ def test_residuals_written_either_way_are_one_tuning_workload():
     """A tuning record is found by the TIR workload: ``r + conv(x)`` must compile to the same
     workload as the profiled kernel ``conv(x) + r``, or the network runs some other schedule."""
     import onnxruntime as ort
-    import tvm_ffi
 
-    from hwlat.profilers.tvm import tuning
-    from hwlat.profilers.tvm.builder import canonical_operands, prepare, to_relax
-    from hwlat.profilers.tvm.target import host_target
+    from hwlat.profilers.tvm.builder import canonical_operands
 
-    t = host_target(1)
-
-    def workloads(proto):
-        return {tvm_ffi.structural_hash(task.dispatched[0]["main"], map_free_vars=True)
-                for task in tuning.extract_tasks(prepare(to_relax(proto), t), t)}
-
-    kernel = workloads(kernel_model("conv-add-relu_i14x14x16+14x14x16_o14x14x16_k1_s1_g1"))
+    kernel = _workloads(kernel_model("conv-add-relu_i14x14x16+14x14x16_o14x14x16_k1_s1_g1"))
     for downsample in (False, True):
         a, b = (_residual_onnx(first, downsample) for first in (True, False))
         assert a.graph.node[-2].input[:] != b.graph.node[-2].input[:]   # really written two ways
-        wa, wb = workloads(a), workloads(b)
+        wa, wb = _workloads(a), _workloads(b)
         assert wa == wb
         assert kernel <= wa          # the conv + residual + relu kernel is one of the network's tasks
         # the reordered graph computes the same (ORT's Conv+Add fusion depends on the order, so
@@ -278,13 +282,9 @@ def test_a_ghost_shortcut_conv_takes_the_residual_add_as_relax_fuses_it():
     the add into the conv; hwlat's TVM kernels must be that conv-add and a lone concat, and every
     workload of the network one of its kernels' workloads."""
     import torch
-    import tvm_ffi
 
     from hwlat.fusion import default_rules
     from hwlat.ir import load_onnx, model_kernels, torch_to_onnx
-    from hwlat.profilers.tvm import tuning
-    from hwlat.profilers.tvm.builder import prepare, to_relax
-    from hwlat.profilers.tvm.target import host_target
 
     class Ghost(torch.nn.Module):
         def __init__(self):
@@ -303,14 +303,8 @@ def test_a_ghost_shortcut_conv_takes_the_residual_add_as_relax_fuses_it():
     assert not any(k.startswith("concat-add") for k in keys)
     # ONNX Runtime runs the add alone (its blocked conv does not take a concat's output)
     assert any(k.startswith("add_") for k in model_kernels(proto, default_rules("onnxruntime")).keys)
-    t = host_target(1)
-
-    def workloads(p):
-        return {tvm_ffi.structural_hash(task.dispatched[0]["main"], map_free_vars=True)
-                for task in tuning.extract_tasks(prepare(to_relax(p), t), t)}
-
-    mine = set().union(*(workloads(kernel_model(k)) for k in keys))
-    assert workloads(proto) <= mine
+    mine = set().union(*(_workloads(kernel_model(k)) for k in keys))
+    assert _workloads(proto) <= mine
 
 
 def test_pool_attributes_that_change_nothing_do_not_change_the_workload():
@@ -318,14 +312,9 @@ def test_pool_attributes_that_change_nothing_do_not_change_the_workload():
     average pools with count_include_pad and no padding are the workloads of their kernels; a
     ceil mode that adds an output row is kept."""
     import onnxruntime as ort
-    import tvm_ffi
     from onnx import TensorProto, helper
 
-    from hwlat.profilers.tvm import tuning
-    from hwlat.profilers.tvm.builder import canonical_pools, prepare, to_relax
-    from hwlat.profilers.tvm.target import host_target
-
-    t = host_target(1)
+    from hwlat.profilers.tvm.builder import canonical_pools
 
     def pool(op, hw, **attrs):
         node = helper.make_node(op, ["x"], ["y"], kernel_shape=[3, 3] if op == "MaxPool" else [2, 2],
@@ -333,10 +322,6 @@ def test_pool_attributes_that_change_nothing_do_not_change_the_workload():
         g = helper.make_graph([node], "p", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, hw, hw])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-    def workloads(proto):
-        return {tvm_ffi.structural_hash(task.dispatched[0]["main"], map_free_vars=True)
-                for task in tuning.extract_tasks(prepare(to_relax(proto), t), t)}
 
     x = np.random.default_rng(0).standard_normal((1, 8, 80, 80)).astype(np.float32)
     cases = [(pool("MaxPool", 79, ceil_mode=1), "maxpool_i79x79x8_o39x39x8_k3_s2", True),
@@ -346,7 +331,7 @@ def test_pool_attributes_that_change_nothing_do_not_change_the_workload():
         c = canonical_pools(m)
         assert (c is not m) == same
         if key:
-            assert workloads(m) == workloads(kernel_model(key))
+            assert _workloads(m) == _workloads(kernel_model(key))
         hw = m.graph.input[0].type.tensor_type.shape.dim[3].dim_value
         feed = {"x": np.ascontiguousarray(x[..., :hw, :hw])}
         outs = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]

@@ -65,42 +65,43 @@ def canonical_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     graph in order and the first producer takes the op: a ResNet block's main branch, not its
     downsample). Floating-point addition, multiplication, max and min commute exactly, so the
     reordered model computes the same."""
-    g = model.graph
-    produced = {}
-    for n, node in enumerate(g.node):
-        if node.op_type != "Constant":
-            for o in node.output:
-                produced[o] = n
-    uses: dict[str, int] = {}
-    for node in g.node:
-        for v in node.input:
-            uses[v] = uses.get(v, 0) + 1
-    for o in g.output:
-        uses[o.name] = uses.get(o.name, 0) + 1
+    from hwlat.ir import Graph
+
+    g = Graph(model)
+    index = {id(n): i for i, n in enumerate(g.nodes)}
+
+    def produced(v: str) -> int | None:
+        """Position of the (non-constant) node that computes ``v``."""
+        p = g.producer.get(v)
+        return None if p is None or p.op_type == "Constant" else index[id(p)]
+
+    def uses(v: str) -> int:
+        return len(g.consumers.get(v, [])) + (v in g.outputs)
+
     def anchored(v: str) -> bool:
         """Is ``v`` the end of a chain a convolution or matrix product heads?"""
         for _ in range(8):
-            if v not in produced:
+            if produced(v) is None:
                 return False
-            node = g.node[produced[v]]
+            node = g.producer[v]
             if node.op_type in ANCHORS:
                 return True
             if node.op_type not in ELEMENTWISE:
                 return False
-            ins = [x for x in node.input if x in produced]
-            if len(ins) != 1 or uses.get(ins[0]) != 1:
+            ins = [x for x in node.input if produced(x) is not None]
+            if len(ins) != 1 or uses(ins[0]) != 1:
                 return False
             v = ins[0]
         return False
 
     order = []
-    for i, node in enumerate(g.node):
+    for i, node in enumerate(g.nodes):
         if node.op_type not in COMMUTATIVE or len(node.input) != 2 or not all(node.input):
             continue
-        fusable = [v for v in node.input if v in produced and uses.get(v) == 1]
+        fusable = [v for v in node.input if produced(v) is not None and uses(v) == 1]
         if not fusable:
             continue
-        first = min(fusable, key=lambda v: (not anchored(v), produced[v]))
+        first = min(fusable, key=lambda v: (not anchored(v), produced(v)))
         if node.input[0] != first:
             rest = list(node.input)
             rest.remove(first)
@@ -112,18 +113,6 @@ def canonical_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     for i, new in order:
         del out.graph.node[i].input[:]
         out.graph.node[i].input.extend(new)
-    return out
-
-
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    g = model.graph
-    if not g.value_info:
-        model = onnx.shape_inference.infer_shapes(model)
-        g = model.graph
-    out = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        out[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
     return out
 
 
@@ -144,8 +133,11 @@ def canonical_pools(model: onnx.ModelProto) -> onnx.ModelProto:
         if attrs.get("count_include_pad") and not any(pads):
             drop.append("count_include_pad")
         if attrs.get("ceil_mode") and not any(d != 1 for d in attrs.get("dilations", [1, 1])):
-            shapes = _shapes(model) if shapes is None else shapes
-            hw = shapes.get(node.input[0], [])[2:]
+            if shapes is None:
+                from hwlat.ir import Graph
+
+                shapes = Graph(model if model.graph.value_info else onnx.shape_inference.infer_shapes(model)).shapes
+            hw = list(shapes.get(node.input[0], ()))[2:]
             k, st = attrs.get("kernel_shape", []), attrs.get("strides", [1] * len(hw))
             if hw and all(h > 0 for h in hw) and len(k) == len(hw):
                 n = len(hw)
