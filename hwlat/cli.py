@@ -100,7 +100,9 @@ def cmd_profile(args) -> int:
                + (f"g={corr['g_ms_per_mb2'] * 1e3:.4f}ms/weight-MB per GB of weights (to {corr.get('g_cap_mb', 0):.0f} MB) "
                   if corr.get("g_ms_per_mb2") else "")
                + f"(RMSPE on calibration archs {100 * (corr.get('rmspe_before') or 0):.1f}% "
-               f"-> {100 * (corr.get('rmspe_after') or 0):.1f}% leave-one-out)" if corr.get("fitted_on") else ""))
+               f"-> {100 * (corr.get('rmspe_after') or 0):.1f}% leave-one-out)" if corr.get("fitted_on") else "")
+            + (f"\npredictions x{corr['pass_scale']:.3f}: a measurement's median pass over the fastest pass the LUT keeps"
+               if corr.get("pass_scale", 1.0) != 1.0 else ""))
     curve = [c for c in s.get("curve", []) if "rmspe" in c]
     if curve:
         text += "\nheld-out error on the calibration architectures as profiling went on:"

@@ -282,19 +282,30 @@ class DeviceStore:
     def model_lut(self) -> pd.DataFrame:
         m = self._df("SELECT name, family, pass, median_ms, kernels FROM models WHERE error IS NULL")
         if m.empty:
-            return pd.DataFrame(columns=["name", "family", "latency_ms", "passes", "pass_spread", "fast_spread",
-                                         "kernels"])
+            return pd.DataFrame(columns=["name", "family", "latency_ms", "median_ms", "passes", "pass_spread",
+                                         "fast_spread", "kernels"])
         g = m.groupby(["name", "family"])
         # the same pass estimate as kernels (see lut): the correction fitted on these networks must
         # relate estimates of one kind
         est = g["median_ms"].min() if self.pass_estimate() == "min" else g["median_ms"].median()
-        out = pd.DataFrame({"latency_ms": est, "passes": g["pass"].nunique(),
+        out = pd.DataFrame({"latency_ms": est, "median_ms": g["median_ms"].median(), "passes": g["pass"].nunique(),
                             "pass_spread": g["median_ms"].agg(lambda s: float((s.max() - s.min()) / s.median())),
                             # how far the second-fastest pass is from the fastest: a fastest pass that
                             # another pass confirms is a measurement, whatever slow spells hit the rest
                             "fast_spread": g["median_ms"].agg(_fast_spread),
                             "kernels": g["kernels"].first()}).reset_index()
         return out
+
+    def kernel_pass_ratios(self, min_passes: int = 3) -> np.ndarray:
+        """Median over fastest pass of each kernel measured in at least ``min_passes`` passes."""
+        m = self._df("SELECT key, median_ms, layout_ms FROM measurements WHERE error IS NULL")
+        if m.empty:
+            return np.zeros(0)
+        m["ms"] = m["median_ms"] - m["layout_ms"].fillna(0.0)
+        g = m.groupby("key")["ms"]
+        k = pd.DataFrame({"n": g.size(), "med": g.median(), "min": g.min()})
+        k = k[(k["n"] >= min_passes) & (k["min"] > 0)]
+        return (k["med"] / k["min"]).to_numpy(float)
 
     def pass_estimate(self) -> str:
         """"min" or "median": which pass of a kernel the LUT keeps, as the device's backend says."""

@@ -278,6 +278,35 @@ def test_store_keeps_the_backends_pass_estimate(tmp_path, backend, kernel_ms, ne
     st.close()
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_predictions_read_as_the_median_pass_a_measurement_reports(tmp_path, backend):
+    """Where the LUT keeps the fastest pass, predictions are scaled by the calibration networks'
+    median pass over their fastest (what `hwlat measure` and a ground truth report); with fewer
+    than four such networks, by the kernels' ratio; a median-keeping backend is left alone."""
+    from hwlat.predictors.fit import pass_scale
+    from hwlat.predictors.latency import Correction
+    from hwlat.protocol import Measurement
+    from hwlat.store import DeviceStore
+
+    st = DeviceStore(tmp_path / "dev")
+    st.write_manifest({"device": {"name": "dev", "backend": backend}})
+    rng = np.random.default_rng(0)
+    for i in range(30):       # kernels: median pass 2% above the fastest
+        for p, f in enumerate(rng.permutation([1.0, 1.02, 1.07])):
+            st.add_measurement(f"k{i}", p, Measurement(f * (1 + i), f, f, 5))
+    assert pass_scale(st) == pytest.approx(1.02 if backend == "onnxruntime" else 1.0)
+    for i in range(5):        # networks: median pass 4% above the fastest; two-pass networks do not count
+        for p, f in enumerate([1.04, 1.0, 1.3]):
+            st.add_model_measurement(f"net{i}", "fam", p, Measurement(f * (5 + i), f, f, 5), kernels=["x"])
+        st.add_model_measurement(f"two{i}", "fam", 0, Measurement(9.0, 9, 9, 5), kernels=["x"])
+        st.add_model_measurement(f"two{i}", "fam", 1, Measurement(18.0, 18, 18, 5), kernels=["x"])
+    assert pass_scale(st) == pytest.approx(1.04 if backend == "onnxruntime" else 1.0)
+    st.close()
+    c = Correction(a=1.1, d_ms_per_mb=0.5, pass_scale=1.04)
+    assert c.apply(10.0, 5, 2.0) == pytest.approx(1.04 * (11.0 + 1.0))
+    assert Correction(**c.to_dict()).pass_scale == 1.04
+
+
 def test_store_from_before_layout_probing_is_migrated(tmp_path):
     import sqlite3
 
