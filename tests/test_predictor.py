@@ -128,6 +128,12 @@ def test_weight_price_that_grows_with_the_footprint_is_found_and_not_extrapolate
     # a single price where the data has one: no footprint term
     y1 = (net + 0.03 * mb) * (1 + rng.normal(0, 0.01, n))
     assert "g" not in fit_correction(net, cnt, y1, 0.0, mb, amb, groups=fam).terms
+    # in-network kernels uniformly slower and weights priced by the footprint (as fitted on LiteRT):
+    # scale and footprint together where a scale is allowed
+    y2 = (1.1 * net + 5.6e-4 * mb * mb) * (1 + rng.normal(0, 0.01, n))
+    c2 = fit_correction(net, cnt, y2, 0.0, mb, amb, groups=fam)
+    assert c2.terms == "ag" and c2.a == pytest.approx(1.1, rel=0.03)
+    assert c2.g_ms_per_mb2 == pytest.approx(5.6e-4, rel=0.2)
 
 
 def test_a_term_that_does_not_carry_to_a_left_out_family_is_not_kept():
