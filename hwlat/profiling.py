@@ -146,11 +146,25 @@ class Job:
         return m
 
     def plan(self) -> list[tuple[str, str]]:
-        """(key, source) in measurement order; stored once so a re-run resumes the same plan."""
+        """(key, source) in measurement order; stored once so a re-run resumes the same plan. A
+        re-run that asks for more (other ``--models``, another space, a larger prior) keeps the
+        stored plan and appends the kernels it does not have yet."""
         existing = self.store.kernels()
         if not existing.empty and self.store.manifest().get("plan_complete"):
             order = existing.sort_values("added", kind="stable")
-            return list(zip(order["key"], order["source"]))
+            stored = list(zip(order["key"], order["source"]))
+            have = set(order["key"])
+            new = [(k, s) for k, s in self._fresh_plan() if k not in have]
+            self._store_plan(new)
+            return stored + new
+        uniq = self._fresh_plan()
+        self._store_plan(uniq)
+        m = self.store.manifest()
+        m["plan_complete"] = True
+        self.store.write_manifest(m)
+        return uniq
+
+    def _fresh_plan(self) -> list[tuple[str, str]]:
         from hwlat.profilers.sampling import dir_kernels, prior_kernels, space_kernels
 
         rules = self.rules
@@ -174,15 +188,14 @@ class Job:
             if k not in seen:
                 seen.add(k)
                 uniq.append((k, s))
-        rows = _kernel_rows(uniq)
+        return uniq
+
+    def _store_plan(self, plan: list[tuple[str, str]]) -> None:
+        rows = _kernel_rows(plan)
         # insert in order with increasing timestamps so the stored plan keeps its order
         for i in range(0, len(rows), 500):
             self.store.add_kernels(rows[i:i + 500])
             time.sleep(0.002)
-        m = self.store.manifest()
-        m["plan_complete"] = True
-        self.store.write_manifest(m)
-        return uniq
 
     def measure_kernels(self, plan, bar) -> None:
         done = self.store.done_passes()

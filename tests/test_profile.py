@@ -101,6 +101,32 @@ def test_calibration_networks_between_chunks_or_after_the_kernels(hwlat_home, ti
     assert all(t >= last_kernel for t in nets) == after
 
 
+def test_a_rerun_with_other_models_measures_their_kernels_and_nothing_twice(hwlat_home, tiny_onnx, tmp_path):
+    """A finished profile re-run with other --models keeps its plan and appends the new models'
+    kernels (before, the stored plan was resumed as it was and the new models were ignored)."""
+    import torch
+    from torch import nn
+
+    from hwlat.ir import torch_to_onnx
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "tiny.onnx").write_bytes(tiny_onnx.read_bytes())
+    net = nn.Sequential(nn.Conv2d(3, 24, 5, 1, 2), nn.ReLU(), nn.Conv2d(24, 40, 3, 2, 1), nn.ReLU()).eval()
+    torch_to_onnx(net, (1, 3, 36, 36), b / "other.onnx")
+    first = _profile("dev-more", hwlat_home, models=str(a), prior=20).summary
+    p = hwlat.load_predictor("dev-more", lut_dir=hwlat_home / "devices")
+    assert any(k["source"] != "lut" for k in p.breakdown(b / "other.onnx")["kernels"])
+    second = _profile("dev-more", hwlat_home, models=str(b), prior=20).summary
+    p = hwlat.load_predictor("dev-more", lut_dir=hwlat_home / "devices")
+    assert all(k["source"] == "lut" for k in p.breakdown(b / "other.onnx")["kernels"])
+    assert all(k["source"] == "lut" for k in p.breakdown(tiny_onnx)["kernels"])
+    assert second["kernels_measured"] > first["kernels_measured"]
+    rows, distinct = _count(hwlat_home / "devices" / "dev-more" / "measurements.sqlite")
+    assert rows == distinct == 2 * second["kernels_measured"]
+
+
 def test_unknown_space_and_bad_budget_write_nothing(hwlat_home):
     with pytest.raises(HwlatError, match="unknown search space"):
         _profile("dev-b", hwlat_home, spaces=["nope"])
