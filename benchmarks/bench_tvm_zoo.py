@@ -37,7 +37,9 @@ def main() -> None:
                     help="fbnet networks measured whole (their kernels tuned too) to fit the whole-model "
                          "correction; 0 = kernel sums only")
     ap.add_argument("--lut-dir", default=None)
-    ap.add_argument("--device", default=None, help="re-use this already profiled device (in --lut-dir)")
+    ap.add_argument("--device", default=None,
+                    help="re-use this already profiled device (in --lut-dir): what it measured is kept, the "
+                         "kernels of --models it lacks are tuned and measured")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
