@@ -1,0 +1,24 @@
+import pytest
+
+from hwlat.fusion import default_rules
+from hwlat.kernels import parse_key
+from hwlat.profilers.sampling import prior_kernels
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "litert"])
+def test_the_prior_covers_the_tiny_channel_counts_of_narrow_networks(backend):
+    """GhostNet-0.5 runs 4- and 6-channel depthwise convs and concats at 112x112; without such
+    shapes in the prior the regressors extrapolate from 8 channels (LiteRT: 0.3-0.4x)."""
+    keys = prior_kernels(default_rules(backend), 1500)
+    assert keys == prior_kernels(default_rules(backend), 1500)   # deterministic for a seed
+    tiny = {}
+    for k in keys:
+        kk = parse_key(k)
+        if any(len(s) == 3 and s[-1] < 8 and s[-1] != 3 for s in kk.inputs):
+            tiny.setdefault(kk.kind, []).append(kk)
+    for kind in ("conv", "dwconv", "concat"):
+        assert tiny.get(kind), f"no {kind} kernel below 8 channels in the prior"
+    # at the resolutions where narrow networks have them, not only in small tensors
+    assert any(k.inputs[0][0] >= 56 for kind in ("conv", "dwconv") for k in tiny[kind])
+    # a small slice of the sample: the rest stays where most networks live
+    assert sum(len(v) for v in tiny.values()) < 0.1 * len(keys)
