@@ -6,7 +6,13 @@ profiled in stages (``--stages 2,4,6,10`` = cumulative minutes; each stage resum
 and after each stage the predictor is scored against that ground truth: RMSPE, within +-5% /
 +-10%, Spearman, overall and per family, so the curve shows how error falls with minutes.
 
+With ``--final-validate`` the zoo is measured again right after the last stage by
+``hwlat.validate``, whose drift probe re-measures a few of the device's kernels: on a shared host
+the device itself runs a few percent faster or slower from one hour to the next, and the probe's
+drift-corrected figures separate that from the predictor's own error (headline figures are raw).
+
     python benchmarks/bench_profile_accuracy.py --backend onnxruntime --stages 2,5,10
+    python benchmarks/bench_profile_accuracy.py --backend litert --stages 10 --final-validate
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write all figures to this JSON file")
     ap.add_argument("--truth-cache", default=None,
                     help="JSON file keeping the ground truth between runs (measured when absent or for another setup)")
+    ap.add_argument("--final-validate", action="store_true",
+                    help="after the last stage, also run hwlat.validate (the zoo measured again, right after the "
+                         "profile, and the drift probe: how the device's speed moved since it was profiled)")
     args = ap.parse_args()
 
     import hwlat
@@ -97,9 +106,23 @@ def main() -> None:
     for r in report:
         print(f"  {r['minutes']:>5g} min  {r['kernels']:>5} kernels  ±10% {100 * r['overall']['acc_10pct']:5.1f}%  "
               f"±5% {100 * r['overall']['acc_5pct']:5.1f}%  RMSPE {100 * r['overall']['rmspe']:5.1f}%")
+    final = None
+    if args.final_validate:
+        final = hwlat.validate(device, lut_dir=lut_dir, passes=args.passes, ofa_count=args.ofa_count,
+                               families=args.families.split(",") if args.families else None)
+        print(f"\nhwlat validate right after the profile (zoo measured again, {args.passes} passes): "
+              f"±10% {100 * final['acc_10pct']:.1f}%  ±5% {100 * final['acc_5pct']:.1f}%  RMSPE "
+              f"{100 * final['rmspe']:.1f}%  bias {final['bias']:.3f}  Spearman {final['spearman']:.3f}")
+        if final.get("drift"):
+            d, c = final["drift"], final["drift_corrected"]
+            print(f"  device speed now / when profiled {d['speed_ratio']:.3f} ({d['kernels']} kernels, quartiles "
+                  f"{d['quartiles'][0]:.3f}-{d['quartiles'][1]:.3f}); drift-corrected: ±10% {100 * c['acc_10pct']:.1f}%  "
+                  f"±5% {100 * c['acc_5pct']:.1f}%  RMSPE {100 * c['rmspe']:.1f}%  bias {c['bias']:.3f}")
+        misses = sorted((m for m in final["models"] if abs(m["error"]) > 0.10), key=lambda m: m["error"])
+        print("  outside ±10%: " + (", ".join(f"{m['name']} {100 * m['error']:+.1f}%" for m in misses) or "none"))
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "truth": truth, "stages": report}, indent=1,
-                                              default=float))
+        Path(args.json).write_text(json.dumps({"device": device, "truth": truth, "stages": report, "final": final},
+                                              indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,8 @@ def cmd_validate(args) -> int:
             print(f"  {msg}", file=sys.stderr)
 
     r = validate(args.device, lut_dir=args.lut_dir, models_dir=args.models, passes=args.passes, plot=args.plot,
-                 families=args.family or None, ofa_count=args.ofa_count, progress=prog)
+                 families=args.family or None, ofa_count=args.ofa_count, progress=prog,
+                 drift=not args.no_drift_probe)
     lines = [f"{'model':<28}{'measured':>10}{'predicted':>11}{'error':>8}"]
     for m in r["models"]:
         lines.append(f"{m['name']:<28}{m['measured_ms']:>10.3f}{m['predicted_ms']:>11.3f}{100 * m['error']:>7.1f}%")
@@ -167,6 +168,11 @@ def cmd_validate(args) -> int:
         lines.append(f"{fam:<16}{f['n']:>4}{100 * f['rmspe']:>7.1f}%{100 * f['acc_5pct']:>6.0f}%{100 * f['acc_10pct']:>6.0f}%")
     lines.append(f"{'all':<16}{r['n_models']:>4}{100 * r['rmspe']:>7.1f}%{100 * r['acc_5pct']:>6.0f}%"
                  f"{100 * r['acc_10pct']:>6.0f}%   Spearman {r['spearman']:.3f}")
+    if r.get("drift"):
+        d, c = r["drift"], r["drift_corrected"]
+        lines.append(f"device speed now / when profiled: {d['speed_ratio']:.3f} ({d['kernels']} kernels re-measured); "
+                     f"predictions x{d['speed_ratio']:.3f}: RMSPE {100 * c['rmspe']:.1f}%, ±5% {100 * c['acc_5pct']:.0f}%, "
+                     f"±10% {100 * c['acc_10pct']:.0f}%")
     if args.plot:
         lines.append(f"plot: {args.plot}")
     _emit(r, args.json, "\n".join(lines))
@@ -244,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", action="append", help="zoo families to use (repeatable; default all)")
     p.add_argument("--ofa-count", type=int, default=20)
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--no-drift-probe", action="store_true",
+                   help="do not re-measure a few kernels to report how the device's speed moved since profiling")
     p.add_argument("--plot", default=None, help="write a predicted-vs-measured PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_validate)

@@ -230,3 +230,31 @@ def test_models_with_operators_of_their_own_are_profiled_and_predicted(hwlat_hom
     assert len(own) >= 5 and all(k["source"] == "lut" for k in b["kernels"])
     measured = hwlat.measure(path, backend="onnxruntime", threads=1, passes=2).median_ms
     assert 0.6 < b["latency_ms"] / measured < 1.6
+
+
+def test_validate_reads_how_the_device_speed_moved_since_profiling(hwlat_home, tiny_onnx, tmp_path):
+    """The drift probe re-measures some of the device's kernels: on an unchanged device the ratio
+    is near 1; a LUT that holds twice the kernels' time reads as a device now twice as fast, and
+    the drift-corrected score, not the headline one, takes it into account."""
+    from hwlat.device import DeviceConfig
+    from hwlat.validate import drift_probe, validate
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.onnx").write_bytes(tiny_onnx.read_bytes())
+    _profile("dev-drift", hwlat_home, models=str(models), prior=80)
+    p = hwlat.load_predictor("dev-drift", lut_dir=hwlat_home / "devices")
+    cfg = DeviceConfig.from_dict(p.manifest["device"])
+    d = drift_probe(p, cfg, n=16, passes=2)
+    assert d is not None and d["kernels"] >= 8
+    assert 0.6 < d["speed_ratio"] < 1.6
+    p.lut = {k: 2 * v for k, v in p.lut.items()}
+    d2 = drift_probe(p, cfg, n=16, passes=2)
+    assert 0.3 < d2["speed_ratio"] < 0.75
+
+    r = validate("dev-drift", lut_dir=hwlat_home / "devices", models_dir=str(models), passes=1)
+    assert r["drift"]["kernels"] >= 8 and set(r["drift_corrected"]) == {"rmspe", "acc_5pct", "acc_10pct", "bias"}
+    # the corrected bias is the headline bias times the ratio: the same predictions, rescaled
+    assert r["drift_corrected"]["bias"] == pytest.approx(r["bias"] * r["drift"]["speed_ratio"], rel=1e-6)
+    assert "drift" not in validate("dev-drift", lut_dir=hwlat_home / "devices", models_dir=str(models), passes=1,
+                                   drift=False)

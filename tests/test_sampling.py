@@ -22,3 +22,15 @@ def test_the_prior_covers_the_tiny_channel_counts_of_narrow_networks(backend):
     assert any(k.inputs[0][0] >= 56 for kind in ("conv", "dwconv") for k in tiny[kind])
     # a small slice of the sample: the rest stays where most networks live
     assert sum(len(v) for v in tiny.values()) < 0.1 * len(keys)
+
+
+def test_the_prior_samples_the_stems_networks_start_with():
+    """SqueezeNet-1.0's stem (7x7/2, 3 -> 96 channels, unpadded, at 224) ran 1.8x what the
+    regressors extrapolated on LiteRT int8 from a stem sample that stopped at 64 channels."""
+    stems = [parse_key(k) for k in prior_kernels(default_rules("litert", "int8"), 2500)]
+    stems = [k for k in stems if k.kind == "conv" and k.inputs[0][-1] == 3]
+    assert any(k.output[-1] == 96 and k.attr("k") == 7 for k in stems)
+    # unpadded ones: the output is (h - k) // s + 1, not ceil(h / s)
+    assert any(k.output[0] == (k.inputs[0][0] - k.attr("k")) // k.attr("s") + 1 != -(-k.inputs[0][0] // k.attr("s"))
+               for k in stems)
+    assert any(k.inputs[0][0] >= 192 and k.attr("k") == 7 and k.attr("s") == 2 for k in stems)

@@ -19,6 +19,7 @@ TRT_MISSING = "TensorRT not installed: needs an NVIDIA GPU and `pip install tens
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    drift_probe = False            # kernels rebuild slowly (tuning records / engine builds)
     pip_extra = "tensorrt"
 
     @classmethod
