@@ -172,10 +172,11 @@ def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = Fa
             chain = "conv"
         if rng.random() < 0.2:
             # unpadded ("valid"), as SqueezeNet's and Inception's stems are
-            ho = (h - ks) // s + 1
-            return Kernel(chain, ((h, h, 3),), (ho, ho, cout), (("k", ks), ("s", s), ("g", 1)))
-        ho = _out(h, ks, s)
-        return Kernel(chain, ((h, h, 3),), (ho, ho, cout), (("k", ks), ("s", s), ("g", 1)) + _torch_pad(rng, h, ho, ks, s))
+            ho, pad = (h - ks) // s + 1, ()
+        else:
+            ho = _out(h, ks, s)
+            pad = _torch_pad(rng, h, ho, ks, s)
+        return Kernel(chain, ((h, h, 3),), (ho, ho, cout), (("k", ks), ("s", s), ("g", 1)) + pad)
     if kind in ("conv", "dwconv", "gconv"):
         ks = int(rng.choice([1, 3, 5, 7], p=[0.45, 0.4, 0.09, 0.06] if kind == "conv" else [0.0, 0.5, 0.3, 0.2]))
         s = int(rng.choice([1, 2], p=[0.8, 0.2]))

@@ -19,7 +19,7 @@ TRT_MISSING = "TensorRT not installed: needs an NVIDIA GPU and `pip install tens
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
-    drift_probe = False            # kernels rebuild slowly (tuning records / engine builds)
+    drift_probe = False            # each kernel is an engine build: too slow to rebuild
     pip_extra = "tensorrt"
 
     @classmethod

@@ -24,7 +24,7 @@ _RUNTIMES = ("llvm", "cuda", "rocm", "opencl", "vulkan", "metal", "hexagon")
 
 class TVMBackend(Backend):
     name = "tvm"
-    drift_probe = False            # kernels rebuild slowly (tuning records / engine builds)
+    drift_probe = False            # kernels are compiled with the device's tuning records: too slow to rebuild
     pip_extra = "tvm"
     # Calibration networks run 10-25% slower while kernels are still being tuned than after: in a
     # 63-minute profile (8 networks, 603 kernels), passes taken 2-40 minutes in were 14.9-26.5 ms
