@@ -49,7 +49,7 @@ def main() -> None:
     import hwlat
     from hwlat.device import DeviceConfig
     from hwlat.profilers import get_backend
-    from hwlat.validate import measure_models, metrics, zoo_onnx
+    from hwlat.validation import measure_models, metrics, zoo_onnx
 
     lut_dir = Path(args.lut_dir or tempfile.mkdtemp(prefix="hwlat-bench-"))
     device = args.device or f"bench-{args.backend}-{args.precision}-{args.threads}t-{int(time.time())}"

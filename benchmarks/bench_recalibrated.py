@@ -40,7 +40,7 @@ def main() -> None:
     from hwlat.protocol import Measurement
     from hwlat.search import spaces
     from hwlat.store import DeviceStore
-    from hwlat.validate import measure_models, metrics, zoo_onnx
+    from hwlat.validation import measure_models, metrics, zoo_onnx
 
     own = [s for s in args.spaces.split(",") if s]
     per_space = max(1, args.arch_samples // max(len(own), 1))

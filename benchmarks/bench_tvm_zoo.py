@@ -45,7 +45,7 @@ def main() -> None:
 
     import hwlat
     from hwlat.device import DeviceConfig
-    from hwlat.validate import measure_models, metrics, validate, zoo_onnx
+    from hwlat.validation import measure_models, metrics, validate, zoo_onnx
 
     names = [n for n in args.models.split(",") if n]
     zoo = {n: (f, p) for n, f, p in zoo_onnx(Path(tempfile.gettempdir()) / "hwlat-zoo", None, 20)}

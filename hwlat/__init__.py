@@ -20,7 +20,7 @@ _LAZY = {
     "load_predictor": "hwlat.api",
     "compile": "hwlat.api",
     "backends": "hwlat.api",
-    "validate": "hwlat.validate",
+    "validate": "hwlat.validation",
     "Device": "hwlat.api",
     "Measurement": "hwlat.protocol",
     "Protocol": "hwlat.protocol",

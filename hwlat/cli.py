@@ -150,7 +150,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from hwlat.validate import validate
+    from hwlat.validation import validate
 
     def prog(msg):
         if msg and not args.json:

@@ -163,7 +163,7 @@ def _predictor_now(store) -> LatencyPredictor:
 def holdout_error(store) -> dict:
     """Two-fold error on the calibration architectures measured so far (correction fitted on the
     other half): how well the store predicts whole networks at this point of a profile."""
-    from hwlat.validate import metrics
+    from hwlat.validation import metrics
 
     if len(store.model_lut()) < 6 or store.lut().empty:
         return {"n": int(len(store.model_lut()))}

@@ -112,7 +112,7 @@ class Backend(abc.ABC):
     # chunks? Where profiling itself changes how fast networks run (TVM: see TVMBackend)
     models_after_kernels: bool = False
     # can ``hwlat validate`` rebuild a few of the device's kernels in seconds to read how fast the
-    # device runs now against when it was profiled (hwlat.validate.drift_probe)? Not where a kernel
+    # device runs now against when it was profiled (hwlat.validation.drift_probe)? Not where a kernel
     # is compiled with tuning records or built into an engine (TVM, TensorRT)
     drift_probe: bool = True
 

@@ -18,6 +18,19 @@ def test_help_for_every_command():
         assert rc == 0 and "usage" in out
 
 
+def test_package_functions_stay_callable_after_their_modules_are_imported():
+    # a submodule of the same name would replace the lazy function on `hwlat` once imported
+    code = ("import importlib, hwlat\n"
+            "for m in ('hwlat.api', 'hwlat.validation', 'hwlat.cli', 'hwlat.protocol', 'hwlat.store'):\n"
+            "    importlib.import_module(m)\n"
+            "names = [n for n in hwlat.__all__ if n != '__version__']\n"
+            "bad = [n for n in names if not callable(getattr(hwlat, n))]\n"
+            "print(len(names), bad)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[0] != "0" and p.stdout.strip().endswith("[]"), p.stdout
+
+
 def test_backends_json():
     rc, out, _ = run("backends", "--json")
     assert rc == 0

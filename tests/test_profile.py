@@ -237,7 +237,7 @@ def test_validate_reads_how_the_device_speed_moved_since_profiling(hwlat_home, t
     is near 1; a LUT that holds twice the kernels' time reads as a device now twice as fast, and
     the drift-corrected score, not the headline one, takes it into account."""
     from hwlat.device import DeviceConfig
-    from hwlat.validate import drift_probe, validate
+    from hwlat.validation import drift_probe, validate
 
     models = tmp_path / "models"
     models.mkdir()
