@@ -34,11 +34,8 @@ def main() -> None:
 
     import hwlat
     from hwlat.device import DeviceConfig
-    from hwlat.kernel_onnx import kernel_model
     from hwlat.profilers import get_backend
-    from hwlat.profilers.base import BuildInput
-    from hwlat.protocol import Protocol
-    from hwlat.validation import zoo_onnx
+    from hwlat.validation import kernels_alone, zoo_onnx
     from hwlat.predictors.latency import network_layout_ms
 
     pred = hwlat.load_predictor(args.device, lut_dir=args.lut_dir)
@@ -54,7 +51,6 @@ def main() -> None:
     missing = set(names) - {it[0] for it in items}
     if missing:
         raise SystemExit(f"bench_kernels_alone: not in the validation zoo: {', '.join(sorted(missing))}")
-    proto = Protocol.from_dict(pred.manifest["protocol"]) if pred.manifest.get("protocol") else Protocol()
     reduce = np.min if be.pass_estimate == "min" else np.median
     rng = np.random.default_rng(0)
     for name, family, path in items:
@@ -63,20 +59,8 @@ def main() -> None:
         raw, sources, _ = pred.kernel_latencies(keys)
         if pred.layout_per_element > 0:
             raw = raw - np.array([network_layout_ms(k, pred.layout_per_element, pred.layout_block) for k in keys])
-        uniq = sorted(set(keys))
-        times: dict[str, list[float]] = {k: [] for k in uniq}
-        with tempfile.TemporaryDirectory() as wd:
-            builds = [b for b in be.builder(config, Path(wd)).build([BuildInput(k, kernel_model(k)) for k in uniq])
-                      if not b.error]
-            runner = be.runner(config)
-            try:
-                for _ in range(args.passes):
-                    for r in runner.run([builds[i] for i in rng.permutation(len(builds))], proto):
-                        if r.measurement is not None:
-                            times[r.key].append(r.measurement.median_ms - (r.measurement.layout_ms or 0.0))
-            finally:
-                runner.close()
-        alone = np.array([float(reduce(times[k])) if times[k] else np.nan for k in keys])
+        times = kernels_alone(pred, config, keys, args.passes, rng)
+        alone = np.array([float(reduce(times[k])) if times.get(k) else np.nan for k in keys])
         ok = ~np.isnan(alone)
         print(f"\n{name} ({family}): {len(keys)} kernels, {sum(s == 'lut' for s in sources)} from the LUT; "
               f"predicted sum {raw[ok].sum():.3f} ms, alone sum {alone[ok].sum():.3f} ms, "

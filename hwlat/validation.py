@@ -90,6 +90,32 @@ DRIFT_KERNELS = 32          # kernels re-measured by the drift probe
 DRIFT_RANGE_MS = (0.02, 5.0)  # kernels outside it are timer-bound or too slow to re-measure
 
 
+def kernels_alone(pred, config, keys, passes: int, rng) -> dict[str, list[float]]:
+    """Each kernel key built alone on ``config``'s backend and measured with the device's profile
+    protocol in ``passes`` shuffled passes: key -> the passes' medians in ms, layout conversions
+    excluded (as the LUT stores them); a kernel that fails to build has no entry."""
+    from hwlat.kernel_onnx import kernel_model
+    from hwlat.profilers import get_backend
+    from hwlat.profilers.base import BuildInput
+
+    be = get_backend(config.backend)
+    proto = Protocol.from_dict(pred.manifest["protocol"]) if pred.manifest.get("protocol") else Protocol()
+    keys = sorted(set(keys))
+    with tempfile.TemporaryDirectory() as tmp:
+        builds = [b for b in be.builder(config, Path(tmp)).build([BuildInput(k, kernel_model(k)) for k in keys])
+                  if not b.error]
+        times: dict[str, list[float]] = {b.key: [] for b in builds}
+        runner = be.runner(config)
+        try:
+            for _ in range(passes):
+                for r in runner.run([builds[i] for i in rng.permutation(len(builds))], proto):
+                    if r.measurement is not None:
+                        times[r.key].append(r.measurement.median_ms - (r.measurement.layout_ms or 0.0))
+        finally:
+            runner.close()
+    return times
+
+
 def drift_probe(pred, config, n: int = DRIFT_KERNELS, passes: int = 3, seed: int = 0) -> dict | None:
     """How fast the device runs now against when it was profiled.
 
@@ -101,9 +127,7 @@ def drift_probe(pred, config, n: int = DRIFT_KERNELS, passes: int = 3, seed: int
     (151 LiteRT kernels re-measured: median 0.934, quartiles 0.90-0.96; 42 calibration networks:
     0.925), which no predictor can know. ``None`` where the backend cannot rebuild kernels cheaply
     (TVM, TensorRT) or the device has fewer than 8 kernels in range."""
-    from hwlat.kernel_onnx import kernel_model
     from hwlat.profilers import get_backend
-    from hwlat.profilers.base import BuildInput
 
     be = get_backend(config.backend)
     if not getattr(be, "drift_probe", False):
@@ -114,19 +138,7 @@ def drift_probe(pred, config, n: int = DRIFT_KERNELS, passes: int = 3, seed: int
         return None
     rng = np.random.default_rng(seed)
     keys = [keys[i] for i in sorted(rng.choice(len(keys), size=min(n, len(keys)), replace=False))]
-    proto = Protocol.from_dict(pred.manifest.get("protocol", {})) if pred.manifest.get("protocol") else Protocol()
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    with tempfile.TemporaryDirectory() as tmp:
-        builds = [b for b in be.builder(config, Path(tmp)).build([BuildInput(k, kernel_model(k)) for k in keys])
-                  if not b.error]
-        runner = be.runner(config)
-        try:
-            for _ in range(passes):
-                for r in runner.run([builds[i] for i in rng.permutation(len(builds))], proto):
-                    if r.measurement is not None:
-                        times[r.key].append(r.measurement.median_ms - (r.measurement.layout_ms or 0.0))
-        finally:
-            runner.close()
+    times = kernels_alone(pred, config, keys, passes, rng)
     reduce = np.min if be.pass_estimate == "min" else np.median
     ratios = np.array([float(reduce(v)) / pred.lut[k] for k, v in times.items() if v and pred.lut[k] > 0])
     if len(ratios) < 8:
