@@ -34,14 +34,11 @@ def main() -> None:
 
     import hwlat
     from hwlat.device import DeviceConfig
-    from hwlat.profilers import get_backend
     from hwlat.validation import kernels_alone, zoo_onnx
     from hwlat.predictors.latency import network_layout_ms
 
     pred = hwlat.load_predictor(args.device, lut_dir=args.lut_dir)
-    pred = getattr(pred, "predictor", pred)
     config = DeviceConfig.from_dict(pred.manifest["device"])
-    be = get_backend(config.backend)
     if config.backend not in ("onnxruntime", "litert"):
         raise SystemExit(f"bench_kernels_alone: backend {config.backend} rebuilds kernels at a tuning cost; "
                          "use an onnxruntime or litert device")
@@ -51,7 +48,6 @@ def main() -> None:
     missing = set(names) - {it[0] for it in items}
     if missing:
         raise SystemExit(f"bench_kernels_alone: not in the validation zoo: {', '.join(sorted(missing))}")
-    reduce = np.min if be.pass_estimate == "min" else np.median
     rng = np.random.default_rng(0)
     for name, family, path in items:
         mk = pred.kernels_of(str(path))
@@ -60,7 +56,7 @@ def main() -> None:
         if pred.layout_per_element > 0:
             raw = raw - np.array([network_layout_ms(k, pred.layout_per_element, pred.layout_block) for k in keys])
         times = kernels_alone(pred, config, keys, args.passes, rng)
-        alone = np.array([float(reduce(times[k])) if times.get(k) else np.nan for k in keys])
+        alone = np.array([times.get(k, np.nan) for k in keys])
         ok = ~np.isnan(alone)
         print(f"\n{name} ({family}): {len(keys)} kernels, {sum(s == 'lut' for s in sources)} from the LUT; "
               f"predicted sum {raw[ok].sum():.3f} ms, alone sum {alone[ok].sum():.3f} ms, "

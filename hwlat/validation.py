@@ -90,10 +90,11 @@ DRIFT_KERNELS = 32          # kernels re-measured by the drift probe
 DRIFT_RANGE_MS = (0.02, 5.0)  # kernels outside it are timer-bound or too slow to re-measure
 
 
-def kernels_alone(pred, config, keys, passes: int, rng) -> dict[str, list[float]]:
+def kernels_alone(pred, config, keys, passes: int, rng) -> dict[str, float]:
     """Each kernel key built alone on ``config``'s backend and measured with the device's profile
-    protocol in ``passes`` shuffled passes: key -> the passes' medians in ms, layout conversions
-    excluded (as the LUT stores them); a kernel that fails to build has no entry."""
+    protocol in ``passes`` shuffled passes: key -> ms, the passes reduced as the LUT reduces them
+    (``Backend.pass_estimate``), layout conversions excluded (as the LUT stores them); a kernel
+    that fails to build or to run has no entry."""
     from hwlat.kernel_onnx import kernel_model
     from hwlat.profilers import get_backend
     from hwlat.profilers.base import BuildInput
@@ -113,7 +114,8 @@ def kernels_alone(pred, config, keys, passes: int, rng) -> dict[str, list[float]
                         times[r.key].append(r.measurement.median_ms - (r.measurement.layout_ms or 0.0))
         finally:
             runner.close()
-    return times
+    reduce = np.min if be.pass_estimate == "min" else np.median
+    return {k: float(reduce(v)) for k, v in times.items() if v}
 
 
 def drift_probe(pred, config, n: int = DRIFT_KERNELS, passes: int = 3, seed: int = 0) -> dict | None:
@@ -138,9 +140,8 @@ def drift_probe(pred, config, n: int = DRIFT_KERNELS, passes: int = 3, seed: int
         return None
     rng = np.random.default_rng(seed)
     keys = [keys[i] for i in sorted(rng.choice(len(keys), size=min(n, len(keys)), replace=False))]
-    times = kernels_alone(pred, config, keys, passes, rng)
-    reduce = np.min if be.pass_estimate == "min" else np.median
-    ratios = np.array([float(reduce(v)) / pred.lut[k] for k, v in times.items() if v and pred.lut[k] > 0])
+    now = kernels_alone(pred, config, keys, passes, rng)
+    ratios = np.array([v / pred.lut[k] for k, v in now.items() if pred.lut[k] > 0])
     if len(ratios) < 8:
         return None
     q1, q3 = np.percentile(ratios, [25, 75])
