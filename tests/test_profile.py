@@ -81,6 +81,44 @@ def test_models_only_profile_calibrates_on_other_networks(hwlat_home, tiny_onnx,
     assert dev.summary["fit"]["correction"]["fitted_on"] == consistent
 
 
+def test_calibration_kernels_are_planned_right_after_the_prior_head():
+    from hwlat.profiling import PRIOR_HEAD, calibration_first
+
+    plan = ([("m0", "models")] + [(f"p{i}", "prior") for i in range(PRIOR_HEAD + 5)]
+            + [(f"s{i}", "space:ofa-mbv3") for i in range(50)])
+    out = calibration_first(plan, ["s40", "p2", "c0", "s10"])
+    keys = [k for k, _ in out]
+    # the user's models and the prior head first, then the calibration kernels not yet ahead, in order
+    assert keys[:PRIOR_HEAD + 1] == ["m0"] + [f"p{i}" for i in range(PRIOR_HEAD)]
+    assert keys[PRIOR_HEAD + 1:PRIOR_HEAD + 4] == ["s40", "c0", "s10"]
+    assert dict(out)["s40"] == "space:ofa-mbv3" and dict(out)["c0"] == "calibration"
+    assert sorted(keys) == sorted(dict.fromkeys([k for k, _ in plan] + ["c0"])) and len(keys) == len(set(keys))
+    assert calibration_first(plan, []) == plan
+
+
+def test_a_budget_that_ends_before_the_plan_still_measures_every_calibration_kernel(hwlat_home):
+    """The whole-model correction is fitted on the calibration networks as the sum of their
+    kernels: those kernels are measured before the rest of the plan, not left to regressors when
+    the budget ends (before, a LiteRT int8 profile had measured 801 of its 1,135)."""
+    from hwlat.search import spaces
+
+    dev = _profile("dev-calfirst", hwlat_home, prior=4000, arch_samples=2, budget_minutes=0.75)
+    assert dev.summary["budget_exhausted"]
+    p = hwlat.load_predictor("dev-calfirst", lut_dir=hwlat_home / "devices")
+    store = DeviceStore.open("dev-calfirst", hwlat_home / "devices")
+    try:
+        nets, planned = store.model_lut(), len(store.kernels())
+    finally:
+        store.close()
+    assert len(p.lut) < planned            # the plan did not finish
+    assert set(nets["family"]) == {"fbnet", "convnet"}
+    for fam, kernels in zip(nets["family"], nets["kernels"]):
+        sp = spaces.get(fam)
+        a = sp.parse(json.loads(kernels)[0])
+        keys = p.kernels_of(sp.build(a), sp.input_shape(a)).keys
+        assert keys and all(k in p.lut for k in keys), [k for k in keys if k not in p.lut]
+
+
 @pytest.mark.parametrize("after", [False, True])
 def test_calibration_networks_between_chunks_or_after_the_kernels(hwlat_home, tiny_onnx, tmp_path, monkeypatch,
                                                                    after):
