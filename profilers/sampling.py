@@ -125,7 +125,7 @@ def _out(h, k, s):
 # EfficientNet, GhostNet, MnasNet, ShuffleNet; channels scaled by the width multiplier), 7x7/2 padded
 # 3 to 64 (ResNet, DenseNet), 7x7/2 unpadded to 96 (SqueezeNet-1.0, AlexNet-like), 3x3/2 unpadded
 # to 64 (SqueezeNet-1.1), 3x3/1 to 64 (VGG). LiteRT int8 runs a 3-channel convolution far from
-# how it runs the rest (a 7x7/2 stem at 224: 2.2 ms, 40% of ResNet-18's 5.3 ms), and a random
+# how it runs the rest (a 7x7/2 stem at 224: 2.1 ms of ResNet-18's 4.7 ms), and a random
 # stem sample of ~50 left the regressors 20-35% off on the stems of zoo networks (SqueezeNet-1.0's
 # predicted 2.7 ms against 4.0 alone: the network 19-22% low). Measured as a grid, the common
 # stems are LUT entries and the regressors interpolate between them.
@@ -137,8 +137,6 @@ STEM_RESOLUTIONS = (128, 160, 192, 224, 256)
 def common_stems(rules: FusionRules) -> list[str]:
     """The grid of :data:`COMMON_STEMS` x :data:`STEM_RESOLUTIONS`, with ReLU fused where the
     runtime fuses it (a ReLU6 and an unfused variant of the 16- and 32-channel 3x3/2 stems)."""
-    from hwlat.kernels import pad_attr
-
     relu = "conv-relu" if rules.absorbs("conv", "relu") else "conv"
     out = []
     for h in STEM_RESOLUTIONS:
@@ -164,6 +162,7 @@ def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: 
     from hwlat.kernels import flops
 
     rng = np.random.default_rng(seed + 7919)
+    # a prior too small to hold them (tests' 60-150 kernels) stays a random sample of every type
     stems = common_stems(rules) if n >= 8 * len(COMMON_STEMS) * len(STEM_RESOLUTIONS) else []
     conv_chains = _chains(rules, "conv", _ACTS + ("add",))
     gemm_chains = _chains(rules, "gemm", _ACTS)
