@@ -145,8 +145,7 @@ def common_stems(rules: FusionRules) -> list[str]:
                 ho, attrs = (h - ks) // s + 1, ()
             else:
                 ho = _out(h, ks, s)
-                p = pad_attr(h, ho, ks, s, 1, 2 * (ks // 2))
-                attrs = () if p is None else (("p", p),)
+                attrs = _torch_pad_attrs(h, ho, ks, s)
             for c in couts:
                 chains = [relu]
                 if ks == 3 and s == 2 and c in (16, 32):
@@ -191,11 +190,18 @@ def prior_kernels(rules: FusionRules, n: int = 1500, seed: int = 0, max_mflops: 
     return out
 
 
+def _torch_pad_attrs(h: int, ho: int, ks: int, s: int) -> tuple:
+    """PyTorch's padding of a window op, ``k // 2`` on both sides, as the key's ``p`` attribute:
+    empty where that is the "same" padding."""
+    p = pad_attr(h, ho, ks, s, 1, 2 * (ks // 2))
+    return () if p is None else (("p", p),)
+
+
 def _torch_pad(rng, h: int, ho: int, ks: int, s: int) -> tuple:
     """Most models are exported from PyTorch, which pads a window op by ``k // 2`` on both sides:
     where that is not the "same" padding (stride 2 on an even input), 70% of the sample gets it."""
-    p = pad_attr(h, ho, ks, s, 1, 2 * (ks // 2))
-    return (("p", p),) if p is not None and rng.random() < 0.7 else ()
+    pad = _torch_pad_attrs(h, ho, ks, s)
+    return pad if pad and rng.random() < 0.7 else ()
 
 
 def _make(kind, rng, conv_chains, gemm_chains, add_chains, concat_add: bool = False) -> Kernel | None:
