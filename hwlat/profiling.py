@@ -377,14 +377,16 @@ class Job:
     def adaptive(self, bar) -> None:
         """Measure around the kernels the regressors predict worst, until the budget ends."""
         from hwlat.predictors.fit import worst_kernels
+        from hwlat.predictors.kernel_model import channel_tile
         from hwlat.profilers.sampling import neighbours, realistic
 
+        tile = channel_tile(self.store.manifest())
         rounds = 0
         while self.left() > self.reserve_s + 20 and rounds < 50:
             lut = self.store.lut()
             # the worst-predicted kernels of real-network shapes: the neighbours of the others
             # would leave that envelope (see ``realistic``)
-            worst = [k for k in worst_kernels(lut, n=160, seed=rounds) if realistic(parse_key(k))][:40]
+            worst = [k for k in worst_kernels(lut, n=160, seed=rounds, tile=tile) if realistic(parse_key(k))][:40]
             have = set(lut["key"]) | {k for k, _ in self.extra}
             new = []
             for k in worst:

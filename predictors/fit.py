@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from hwlat.predictors.kernel_model import KernelRegressors
+from hwlat.predictors.kernel_model import KernelRegressors, channel_tile
 from hwlat.predictors.latency import PREDICTOR_DIR, Correction, LatencyPredictor, fit_correction
 
 
@@ -127,7 +127,7 @@ def fit_device(store) -> dict:
     if lut.empty:
         return {"error": "no kernels measured"}
     per_elem = layout_price(lut)
-    regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
+    regs = KernelRegressors(channel_tile(manifest)).update(list(lut["key"]), lut["latency_ms"].to_numpy())
     overhead = float(manifest.get("call_overhead_ms", 0.0))
     pred = LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=overhead), store.path, layout_per_element=per_elem)
@@ -153,8 +153,8 @@ def fit_device(store) -> dict:
 
 def _predictor_now(store) -> LatencyPredictor:
     lut = store.lut()
-    regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
     manifest = store.manifest()
+    regs = KernelRegressors(channel_tile(manifest)).update(list(lut["key"]), lut["latency_ms"].to_numpy())
     return LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=float(manifest.get("call_overhead_ms", 0.0))), store.path,
                             layout_per_element=layout_price(lut))
@@ -182,7 +182,7 @@ def holdout_error(store) -> dict:
             "acc_5pct": round(m["acc_5pct"], 3)}
 
 
-def worst_kernels(lut, n: int = 40, seed: int = 0, folds: int = 3) -> list[str]:
+def worst_kernels(lut, n: int = 40, seed: int = 0, folds: int = 3, tile: int = 0) -> list[str]:
     """Kernels whose out-of-fold regressor error is largest (where to measure more)."""
     keys = np.asarray(lut["key"])
     y = lut["latency_ms"].to_numpy()
@@ -193,7 +193,7 @@ def worst_kernels(lut, n: int = 40, seed: int = 0, folds: int = 3) -> list[str]:
     err = np.zeros(len(keys))
     for f in range(folds):
         tr, te = fold != f, fold == f
-        regs = KernelRegressors().update(list(keys[tr]), y[tr])
+        regs = KernelRegressors(tile).update(list(keys[tr]), y[tr])
         p, _ = regs.predict(list(keys[te]))
         err[te] = np.abs(np.log(p / y[te]))
     return list(keys[np.argsort(-err)[:n]])

@@ -33,16 +33,38 @@ def small_device(tmp_path_factory):
     return home, dev
 
 
-def test_regressors_save_load_identical(small_device, tmp_path):
+@pytest.mark.parametrize("tile", [0, 16])
+def test_regressors_save_load_identical(small_device, tmp_path, tile):
     home, dev = small_device
     lut = dev.lut()
-    regs = KernelRegressors().update(list(lut["key"]), lut["latency_ms"].to_numpy())
+    regs = KernelRegressors(tile).update(list(lut["key"]), lut["latency_ms"].to_numpy())
     keys = ["conv-relu_i20x20x48_o20x20x96_k3_s1_g1", "conv_i14x14x200_o14x14x200_k5_s2_g200", "gap_i9x9x64_o1x1x64"]
     p1, u1 = regs.predict(keys)
     meta = regs.save(tmp_path)
     assert not list(tmp_path.glob("*.pkl")) and all(f.endswith(".json") for f in meta["files"].values())
-    p2, u2 = KernelRegressors.load(tmp_path, json.loads(json.dumps(meta))).predict(keys)
-    assert np.allclose(p1, p2) and u1 == u2 and (p1 > 0).all()
+    loaded = KernelRegressors.load(tmp_path, json.loads(json.dumps(meta)))
+    p2, u2 = loaded.predict(keys)
+    assert np.allclose(p1, p2) and u1 == u2 and (p1 > 0).all() and loaded.channel_tile == tile
+    assert len(regs.base["_global"]) == (6 if tile else 4)       # the tiled terms are in the line
+
+
+def test_channel_tile_is_a_property_of_the_device():
+    """LiteRT int8 devices price kernels on channels rounded up to 16 (XNNPACK's qs8 tiles); float
+    devices on true FLOPs; a device option overrides either."""
+    from hwlat.kernels import flops, numel, parse_key
+    from hwlat.predictors.kernel_model import _tiled, channel_tile
+
+    assert channel_tile({"device": {"backend": "litert", "precision": "int8"}}) == 16
+    assert channel_tile({"device": {"backend": "litert", "precision": "fp32"}}) == 0
+    assert channel_tile({"device": {"backend": "onnxruntime"}}) == 0
+    assert channel_tile({"device": {"backend": "onnxruntime", "precision": "int8"}}) == 0   # not measured there
+    assert channel_tile({"device": {"precision": "fp32", "options": {"channel_tile": 8}}}) == 8
+    ghost = parse_key("conv_i112x112x4_o112x112x4_k3_s1_g4")         # GhostNet-0.5's 4-channel dw conv
+    dense = parse_key("conv_i28x28x20_o28x28x24_k1_s1_g1")           # both channel counts rounded up
+    t = _tiled([ghost, dense, parse_key("conv_i28x28x32_o28x28x32_k1_s1_g1")], 16)
+    assert t[0] == pytest.approx([np.log2(flops(ghost) * 4), np.log2(numel(ghost.output) * 4)])
+    assert t[1, 0] == pytest.approx(np.log2(flops(dense) * 32 / 20 * 32 / 24))
+    assert t[2, 0] == pytest.approx(np.log2(flops(parse_key("conv_i28x28x32_o28x28x32_k1_s1_g1"))))
 
 
 def test_regressors_never_promise_more_than_the_measured_roofline(small_device, tmp_path):
