@@ -17,9 +17,9 @@ what a 16-channel one does (GhostNet-0.5's Ghost halves; a regressor on true FLO
 0.4x their measured time). On such a device (``channel_tile``, see :func:`channel_tile`) the line
 and the trees also carry log FLOPs and log output elements with channels rounded up to the tile. Measured by
 refitting stored fresh 10-minute profiles against the 56-model zoo measured with each: LiteRT
-int8 89.3 -> 94.6%, 91.1 -> 92.9% and 78.6 -> 83.9% within 10% (out-of-fold kernel error,
-time-weighted: 11.6 -> 9.4%); on float32 devices (LiteRT fp32, ONNX Runtime) every tile width
-tried (4, 8, 16) made the zoo worse on 5 of 6 stores, so they keep the three-term line.
+int8 91.1 -> 96.4%, 89.3 -> 94.6% and 78.6 -> 85.7% within 10%; 5-fold out-of-fold kernel error
+(log, time-weighted) 11.6 -> 10.1% and 16.3 -> 14.0% on two int8 LUTs. On float32 devices (LiteRT
+fp32, ONNX Runtime) every tile width tried (4, 8, 16) made the zoo worse on 5 of 6 stores, so they keep the three-term line.
 
 Cost-model verbs as in TVM MetaSchedule: ``update`` (fit on measured kernels), ``predict``,
 ``save``, ``load``. Kinds with too few measurements are served by a global model trained on all
