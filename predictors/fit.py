@@ -119,6 +119,10 @@ def _scale_allowed(manifest: dict) -> bool:
         return True
 
 
+def _fit_regressors(lut, manifest) -> KernelRegressors:
+    return KernelRegressors(channel_tile(manifest)).update(list(lut["key"]), lut["latency_ms"].to_numpy())
+
+
 def fit_device(store) -> dict:
     t0 = time.perf_counter()
     lut_path = store.export_lut()
@@ -127,7 +131,7 @@ def fit_device(store) -> dict:
     if lut.empty:
         return {"error": "no kernels measured"}
     per_elem = layout_price(lut)
-    regs = KernelRegressors(channel_tile(manifest)).update(list(lut["key"]), lut["latency_ms"].to_numpy())
+    regs = _fit_regressors(lut, manifest)
     overhead = float(manifest.get("call_overhead_ms", 0.0))
     pred = LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=overhead), store.path, layout_per_element=per_elem)
@@ -154,7 +158,7 @@ def fit_device(store) -> dict:
 def _predictor_now(store) -> LatencyPredictor:
     lut = store.lut()
     manifest = store.manifest()
-    regs = KernelRegressors(channel_tile(manifest)).update(list(lut["key"]), lut["latency_ms"].to_numpy())
+    regs = _fit_regressors(lut, manifest)
     return LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=float(manifest.get("call_overhead_ms", 0.0))), store.path,
                             layout_per_element=layout_price(lut))

@@ -64,38 +64,52 @@ def channel_tile(manifest: dict) -> int:
     return INT8_TILE if dev.get("precision") == "int8" and dev.get("backend") == "litert" else 0
 
 
+TILED_NAMES = ("log_flops_tiled", "log_out_elems_tiled")
+
+
 def _tiled(kernels, tile: int) -> np.ndarray:
     """log2 FLOPs and log2 output elements with channels rounded up to ``tile`` (input channels
     too for a dense convolution or matmul): the work a tiled kernel really does."""
+    def up(c: int) -> int:
+        return -(-int(c) // tile) * tile
+
     out = np.empty((len(kernels), 2))
     for i, k in enumerate(kernels):
         x, o = k.inputs[0] if k.inputs else (1,), k.output or (1,)
         cin, cout = x[-1], o[-1]
-        up = lambda c: -(-int(c) // tile) * tile   # noqa: E731
         vin = up(cin) / max(cin, 1) if k.attr("g", 1) == 1 else 1.0
         vout = up(cout) / max(cout, 1)
         out[i] = (np.log2(max(flops(k) * vin * vout, 1.0)), np.log2(max(numel(o) * vout, 1.0)))
     return out
 
 
-def _base_design(x: np.ndarray, tiled: np.ndarray | None = None) -> np.ndarray:
-    cols = [x[:, _BASE_COLS].astype(np.float64)] + ([] if tiled is None else [tiled])
-    return np.concatenate(cols + [np.ones((len(x), 1))], axis=1)
+def _inputs(ks, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(what the trees see, what the line sees) of parsed kernels: the features, and log2
+    FLOPs/bytes/params; both with the tiled terms on a tiled device."""
+    x = feature_matrix(ks)
+    line = x[:, _BASE_COLS].astype(np.float64)
+    if not tile:
+        return x, line
+    t = _tiled(ks, tile)
+    return np.concatenate([x, t.astype(np.float32)], axis=1), np.concatenate([line, t], axis=1)
 
 
-def fit_baseline(x: np.ndarray, y: np.ndarray, tiled: np.ndarray | None = None) -> list[float]:
-    """Ridge-regularised line in log space (features are log2 FLOPs/bytes/params, and the tiled
-    FLOPs and output elements on a tiled device)."""
-    a = _base_design(x, tiled)
+def _base_design(line: np.ndarray) -> np.ndarray:
+    return np.concatenate([line, np.ones((len(line), 1))], axis=1)
+
+
+def fit_baseline(line: np.ndarray, y: np.ndarray) -> list[float]:
+    """Ridge-regularised line in log space over the line's inputs (log2 FLOPs/bytes/params, and
+    the tiled FLOPs and output elements on a tiled device)."""
+    a = _base_design(line)
     reg = 1e-3 * np.eye(a.shape[1])
     reg[-1, -1] = 0.0
     coef = np.linalg.solve(a.T @ a + reg * len(y), a.T @ y)
     return [float(c) for c in coef]
 
 
-def baseline(x: np.ndarray, coef, tiled: np.ndarray | None = None) -> np.ndarray:
-    coef = np.asarray(coef)
-    return _base_design(x, tiled if len(coef) > len(_BASE_COLS) + 1 else None) @ coef
+def baseline(line: np.ndarray, coef) -> np.ndarray:
+    return _base_design(line) @ np.asarray(coef)
 
 
 def _work(kernels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -129,9 +143,6 @@ def roofline_floor(kernels, roof: dict) -> np.ndarray:
                           np.where(peaks[:, 1] > 0, by / peaks[:, 1], 0.0))
 
 
-TILED_NAMES = ("log_flops_tiled", "log_out_elems_tiled")
-
-
 def _train(x: np.ndarray, y: np.ndarray, rounds: int):
     import xgboost as xgb
 
@@ -153,25 +164,22 @@ class KernelRegressors:
     def update(self, keys: list[str], latency_ms: np.ndarray) -> "KernelRegressors":
         ks = [parse_key(k) for k in keys]     # once: features, kinds and the roofline all need them
         y = np.log(np.maximum(np.asarray(latency_ms, dtype=np.float64), 1e-5))
-        x = feature_matrix(ks)
-        t = _tiled(ks, self.channel_tile) if self.channel_tile else None
+        x, line = _inputs(ks, self.channel_tile)
         kinds = np.array([k.kind for k in ks])
         self.boosters, self.base, self.counts = {}, {}, {}
         self.roof = fit_roofline(ks, latency_ms)
         rounds = int(np.clip(60 + len(keys) // 8, 150, 500))
-        xt = x if t is None else np.concatenate([x, t.astype(np.float32)], axis=1)   # what the trees see
-        self.base[GLOBAL] = fit_baseline(x, y, t)
-        self.boosters[GLOBAL] = _train(xt, y - baseline(x, self.base[GLOBAL], t), rounds)
+        self.base[GLOBAL] = fit_baseline(line, y)
+        self.boosters[GLOBAL] = _train(x, y - baseline(line, self.base[GLOBAL]), rounds)
         self.counts[GLOBAL] = len(keys)
         for kind in sorted(set(kinds)):
             sel = kinds == kind
             n = int(sel.sum())
             self.counts[kind] = n
             if n >= MIN_PER_KIND:
-                ts = None if t is None else t[sel]
-                self.base[kind] = fit_baseline(x[sel], y[sel], ts)
-                resid = y[sel] - baseline(x[sel], self.base[kind], ts)
-                self.boosters[kind] = _train(xt[sel], resid, int(np.clip(60 + n // 4, 100, 400)))
+                self.base[kind] = fit_baseline(line[sel], y[sel])
+                resid = y[sel] - baseline(line[sel], self.base[kind])
+                self.boosters[kind] = _train(x[sel], resid, int(np.clip(60 + n // 4, 100, 400)))
         return self
 
     def predict(self, keys: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -182,9 +190,7 @@ class KernelRegressors:
         if GLOBAL not in self.boosters:
             raise RuntimeError("kernel regressors used before update() or load()")
         ks = [parse_key(k) for k in keys]
-        x = feature_matrix(ks)
-        t = _tiled(ks, self.channel_tile) if self.channel_tile else None
-        xt = x if t is None else np.concatenate([x, t.astype(np.float32)], axis=1)
+        x, line = _inputs(ks, self.channel_tile)
         kinds = np.array([k.kind for k in ks])
         out = np.empty(len(keys))
         used = [GLOBAL] * len(keys)
@@ -194,14 +200,12 @@ class KernelRegressors:
                 continue
             sel = kinds == kind
             if sel.any():
-                out[sel] = booster.inplace_predict(xt[sel]) + baseline(x[sel], self.base[kind],
-                                                                      None if t is None else t[sel])
+                out[sel] = booster.inplace_predict(x[sel]) + baseline(line[sel], self.base[kind])
                 todo &= ~sel
                 for i in np.flatnonzero(sel):
                     used[i] = kind
         if todo.any():
-            out[todo] = self.boosters[GLOBAL].inplace_predict(xt[todo]) + baseline(
-                x[todo], self.base[GLOBAL], None if t is None else t[todo])
+            out[todo] = self.boosters[GLOBAL].inplace_predict(x[todo]) + baseline(line[todo], self.base[GLOBAL])
         return np.maximum(np.exp(out), roofline_floor(ks, self.roof)), used
 
     def save(self, folder: Path) -> dict:
