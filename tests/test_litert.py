@@ -440,10 +440,17 @@ def test_int8_kernels_are_priced_per_channel_tile(tmp_path):
     held = [dw(4, 56), dw(8, 56), dw(4, 80), dw(8, 40), dw(6, 112)]
     keys = train + held + [dw(16, 56)]
     built = backend.builder(dev, tmp_path).build([BuildInput(k, kernel_model(k)) for k in keys])
-    ms = {}
-    for k, b in zip(keys, built):
-        with backend.session(b.artifact, dev) as s:
-            ms[k] = measure_session(s, Protocol.quick()).median_ms
+    # Each kernel is timed in 3 sessions, shuffled, and the fastest kept: on an AMD EPYC host one
+    # LiteRT session in 8-15 runs a memory-bound depthwise kernel 1.3-1.7x slower from start to end
+    # (a placement of its buffers, not a slow spell), and one such outlier among 37 kernels moved
+    # the fitted regressors by 2x in CI.
+    sessions = {k: [] for k in keys}
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        for i in rng.permutation(len(keys)):
+            with backend.session(built[i].artifact, dev) as s:
+                sessions[keys[i]].append(measure_session(s, Protocol.quick()).median_ms)
+    ms = {k: min(v) for k, v in sessions.items()}
     assert ms[dw(4, 56)] > 0.6 * ms[dw(16, 56)]          # a quarter of the FLOPs, nearly all the time
     y = np.array([ms[k] for k in train])
     truth = np.array([ms[k] for k in held])
