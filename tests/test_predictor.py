@@ -389,10 +389,11 @@ def test_ort_kernel_sink_keeps_network_fusions(tmp_path):
          BuildInput(key, kernel_model(key), kind="model")])
     assert SINK.encode() in b[0].artifact and SINK.encode() not in b[1].artifact and SINK.encode() not in b[2].artifact
     # and the sink's time is taken off with the reorders: a fused ReLU costs about nothing
-    # (3 interleaved runs each, medians: one run's layout share alone moves by 1.5x on a busy host)
+    # (3 interleaved runs each, the fastest kept: on the AMD CI host one run's net time moved by
+    # 13% and a median of 3 still reached 1.155; 8 repeats there gave 1.02-1.16, typically 1.03)
     runs = [(_run_one("conv_i56x56x32_o56x56x128_k1_s1_g1", "kernel"),
              _run_one("conv-relu_i56x56x32_o56x56x128_k1_s1_g1", "kernel")) for _ in range(3)]
-    conv_net, relu_net = (float(np.median([r[j].median_ms - r[j].layout_ms for r in runs])) for j in (0, 1))
+    conv_net, relu_net = (min(r[j].median_ms - r[j].layout_ms for r in runs) for j in (0, 1))
     assert np.median([r[1].layout_ms for r in runs]) > np.median([r[0].layout_ms for r in runs])
     assert relu_net < 1.15 * conv_net
 
