@@ -27,6 +27,21 @@ def test_the_prior_covers_the_tiny_channel_counts_of_narrow_networks(backend):
     assert sum(len(v) for v in tiny.values()) < 0.1 * len(keys)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "litert"])
+def test_the_prior_has_convolutions_with_both_channel_counts_unaligned(backend):
+    """ShuffleNet's 58->58 and DenseNet-BC's 210->105 1x1 convs run on ORT's NCHW path; with the
+    output channels always rounded to 8 such convs were 0.4% of the sample and the regressors
+    priced them 1.6-1.8x their measured time."""
+    convs = [k for k in map(parse_key, prior_kernels(default_rules(backend), 1500))
+             if k.kind == "conv" and k.inputs[0][-1] != 3]
+    both = [k for k in convs if k.inputs[0][-1] % 4 and k.output[-1] % 4]
+    assert len(both) >= 0.03 * len(convs)
+    # 1x1 ones among them, at the resolutions where those networks have them
+    assert any(k.attr("k") == 1 and k.inputs[0][0] >= 14 for k in both)
+    # most of the sample stays aligned, as most networks are
+    assert sum(1 for k in convs if k.inputs[0][-1] % 8 == 0 and k.output[-1] % 8 == 0) > 0.7 * len(convs)
+
+
 def test_the_prior_samples_the_stems_networks_start_with():
     """SqueezeNet-1.0's stem (7x7/2, 3 -> 96 channels, unpadded, at 224) ran 1.8x what the
     regressors extrapolated on LiteRT int8 from a stem sample that stopped at 64 channels."""
