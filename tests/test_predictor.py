@@ -491,3 +491,37 @@ def test_a_batched_reshape_is_priced_as_the_view_the_device_measured(small_devic
     p = hwlat.load_predictor("pred-dev", lut_dir=small_device[0])
     (batched, plain), _, _ = p.kernel_latencies(["reshape_i196x64_o64_b196", "reshape_i196x64_o64"])
     assert batched == plain and plain < 0.05
+
+
+def test_streaming_kernels_traffic_is_counted_only_where_the_calibration_networks_price_it():
+    """ORT fuses every activation of the calibration spaces into its convolutions, so their
+    activation term is priced on compute kernels alone and is not extrapolated to stand-alone
+    SiLUs, concats and splits (it over-predicted EfficientNet-B0 by 10-11%); LiteRT runs
+    hard-swish as its own kernel, so its calibration networks do price streaming traffic."""
+    from hwlat.fusion import default_rules
+    from hwlat.ir import model_kernels
+    from hwlat.kernels import numel, parse_key
+    from hwlat.predictors.fit import STREAMING_MIN_SHARE
+    from hwlat.predictors.latency import STREAMING_KINDS, Correction, LatencyPredictor
+    from hwlat.search import spaces
+
+    pred = LatencyPredictor("t", {}, {}, None, Correction())
+    silu, conv = parse_key("silu_i56x56x96_o56x56x96"), parse_key("conv_i56x56x32_o56x56x128_k1_s1_g1")
+    assert pred.act_mb(silu) > 0 and pred.act_mb(conv) > 0            # stored predictors: as before
+    pred.correction.streaming_act = False
+    assert pred.act_mb(silu) == 0.0 and pred.act_mb(conv) == pytest.approx(4e-6 * 56 * 56 * 160)
+    # the choice is stored with the correction; predictors stored before it count streaming traffic
+    assert Correction(**pred.correction.to_dict()).streaming_act is False
+    assert Correction(**{k: v for k, v in pred.correction.to_dict().items() if k != "streaming_act"}).streaming_act
+
+    def share(backend):
+        sp = spaces.get("ofa-mbv3")
+        tot = st = 0.0
+        for a in sp.sample(3, seed=0):
+            for k in model_kernels(sp.build(a), default_rules(backend), input_shape=sp.input_shape(a)).kernels:
+                mb = sum(numel(i) for i in k.kernel.inputs) + numel(k.kernel.output)
+                tot += mb
+                st += mb if k.kernel.kind in STREAMING_KINDS else 0.0
+        return st / tot
+
+    assert share("onnxruntime") < STREAMING_MIN_SHARE <= share("litert")
