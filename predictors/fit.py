@@ -87,7 +87,7 @@ STREAMING_MIN_SHARE = 0.1
 def choose_streaming(store, pred):
     """The calibration parts with the activation term that the calibration networks can price:
     streaming kernels' traffic counted only when they hold ``STREAMING_MIN_SHARE`` of it. Sets
-    ``pred.correction.streaming_act`` and returns ``(_calibration_parts, share)``."""
+    ``pred.correction.streaming_act`` and returns what ``_calibration_parts`` returns."""
     pred.correction.streaming_act = True
     counted = _calibration_parts(store, pred)
     pred.correction.streaming_act = False
@@ -95,7 +95,7 @@ def choose_streaming(store, pred):
     total = float(counted[3].sum())
     share = 1.0 - float(compute[3].sum()) / total if total > 0 else 0.0
     pred.correction.streaming_act = share >= STREAMING_MIN_SHARE
-    return (counted if pred.correction.streaming_act else compute), share
+    return counted if pred.correction.streaming_act else compute
 
 
 MIN_PASSES = 3      # a median of passes means something from three on (it is the second fastest)
@@ -155,7 +155,7 @@ def fit_device(store) -> dict:
     pred = LatencyPredictor(store.path.name, manifest, dict(zip(lut["key"], lut["latency_ms"])), regs,
                             Correction(overhead_ms=overhead), store.path, layout_per_element=per_elem)
     corr = Correction(overhead_ms=overhead)
-    (nets, cnts, mbs, ambs, ys, fams), _ = choose_streaming(store, pred)
+    nets, cnts, mbs, ambs, ys, fams = choose_streaming(store, pred)
     if len(ys):
         corr = fit_correction(nets, cnts, ys, overhead, mbs, ambs, scale=_scale_allowed(manifest), groups=fams)
     corr.streaming_act = pred.correction.streaming_act
@@ -192,7 +192,7 @@ def holdout_error(store) -> dict:
     if len(store.model_lut()) < 6 or store.lut().empty:
         return {"n": int(len(store.model_lut()))}
     pred = _predictor_now(store)
-    (nets, cnts, mbs, ambs, ys, fams), _ = choose_streaming(store, pred)
+    nets, cnts, mbs, ambs, ys, fams = choose_streaming(store, pred)
     idx = np.arange(len(ys))
     out = np.empty(len(ys))
     scale = _scale_allowed(pred.manifest)

@@ -500,7 +500,7 @@ def test_streaming_kernels_traffic_is_counted_only_where_the_calibration_network
     hard-swish as its own kernel, so its calibration networks do price streaming traffic."""
     from hwlat.fusion import default_rules
     from hwlat.ir import model_kernels
-    from hwlat.kernels import numel, parse_key
+    from hwlat.kernels import parse_key
     from hwlat.predictors.fit import STREAMING_MIN_SHARE
     from hwlat.predictors.latency import STREAMING_KINDS, Correction, LatencyPredictor
     from hwlat.search import spaces
@@ -514,12 +514,14 @@ def test_streaming_kernels_traffic_is_counted_only_where_the_calibration_network
     assert Correction(**pred.correction.to_dict()).streaming_act is False
     assert Correction(**{k: v for k, v in pred.correction.to_dict().items() if k != "streaming_act"}).streaming_act
 
+    pred.correction.streaming_act = True
+
     def share(backend):
         sp = spaces.get("ofa-mbv3")
         tot = st = 0.0
         for a in sp.sample(3, seed=0):
             for k in model_kernels(sp.build(a), default_rules(backend), input_shape=sp.input_shape(a)).kernels:
-                mb = sum(numel(i) for i in k.kernel.inputs) + numel(k.kernel.output)
+                mb = pred.act_mb(k.kernel)
                 tot += mb
                 st += mb if k.kernel.kind in STREAMING_KINDS else 0.0
         return st / tot
